@@ -1,0 +1,281 @@
+"""The normal form: any Optax optimizer as an AE optimizer.
+
+.. math::
+
+  \\theta_{t+1} = \\theta_t - \\alpha_t P_t(a_t, s_t)\\, g_t + \\xi_t,\\qquad
+  a_{t+1} = \\Pi_\\Omega\\big(a_t \\odot \\exp(\\eta_a u_t)\\big)
+
+:func:`adapt` wraps an optimizer built with ``optax.inject_hyperparams``
+(the base, giving :math:`P_t`), runs a :func:`ae_jax.controller` on its
+hyperparameters, writes the coefficients back into the base's
+``hyperparams`` (no recompilation) and adds the parameter noise
+:math:`\\xi_t` of AE-4.
+
+Data flow of one ``update(grads, state, params, value=loss)``::
+
+  grads ──nan_to_num──► g ──► base.update (with a_t) ──► updates ──(+ξ)──►
+        └─► gradient_stats(g, momentum) ─► controller ─► a_{t+1} ─► hyperparams
+
+With ``delayed=True`` (the presets' default) the statistics of step t steer
+the coefficients of step t+1, so the reductions over ``g`` do not hold up the
+update and can share its pass over memory. ``delayed=False`` is the
+reference's timing: ``a_{t+1}`` is computed from step t's gradient and
+applied to it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from ae_jax import controller as controller_lib
+from ae_jax import measurement
+from ae_jax.coefficient import Coefficient, as_specs
+
+# Fields of Optax states that hold a first moment, in order of preference.
+MOMENTUM_FIELDS = ("mu", "trace", "ema")
+_INJECT_STATES = (optax.InjectStatefulHyperparamsState,
+                  optax.InjectHyperparamsState)
+
+
+class AdaptState(NamedTuple):
+  """State of :func:`adapt`.
+
+  Attributes:
+    inner_state: the base optimizer's state; its ``hyperparams`` hold the
+      coefficients it will apply next.
+    controller: the :class:`ae_jax.controller.ControllerState`.
+    prev_grad: the previous gradient, kept only when the base has no
+      momentum to measure ρ against (else ``()``).
+    key: PRNG key of the parameter noise ξ_t.
+  """
+
+  inner_state: Any
+  controller: controller_lib.ControllerState
+  prev_grad: Any
+  key: chex.PRNGKey
+
+
+def _inject_states(tree):
+  return [s for s in jax.tree.leaves(
+      tree, is_leaf=lambda x: isinstance(x, _INJECT_STATES))
+          if isinstance(s, _INJECT_STATES)]
+
+
+def _probe(inner):
+  """The inner state for a scalar parameter, computed eagerly."""
+  with jax.ensure_compile_time_eval():
+    try:
+      return inner.init(jnp.zeros([], jnp.float32))
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(
+          f"adapt: could not initialise the inner optimizer on a probe "
+          f"parameter ({type(e).__name__}: {e})") from e
+
+
+def _moments(state, field: str):
+  """Values of ``field`` in ``state``, outside any ``hyperparams`` dict."""
+  return [value for path, value in optax.tree.get_all_with_path(state, field)
+          if not any(getattr(k, "name", getattr(k, "key", None))
+                     == "hyperparams" for k in path)]
+
+
+def _find_momentum_field(state, momentum) -> str | None:
+  if momentum is None:
+    return None
+  candidates = MOMENTUM_FIELDS if momentum == "auto" else (momentum,)
+  for field in candidates:
+    for value in _moments(state, field):
+      leaves = jax.tree.leaves(value)
+      if len(leaves) == 1 and jnp.shape(leaves[0]) == ():
+        return field
+  if momentum != "auto":
+    raise ValueError(f"adapt: momentum={momentum!r} is not a parameter-shaped "
+                     f"field of the inner optimizer's state")
+  return None
+
+
+def _read_momentum(inner_state, field: str, grads):
+  structure = jax.tree.structure(grads)
+  for value in _moments(inner_state, field):
+    if jax.tree.structure(value) == structure:
+      return value
+  raise ValueError(f"adapt: the inner state's {field!r} does not match the "
+                   f"gradient's structure")
+
+
+def write_hyperparams(inner_state, values: dict):
+  """Writes ``values`` into the base optimizer's ``hyperparams`` (cast to
+  their dtype); names absent from ``hyperparams`` are skipped."""
+
+  def write(node):
+    if not isinstance(node, _INJECT_STATES):
+      return node
+    hps = dict(node.hyperparams)
+    for name, value in values.items():
+      if name in hps:
+        hps[name] = jnp.asarray(value).astype(jnp.asarray(hps[name]).dtype)
+    return node._replace(hyperparams=hps)
+
+  return jax.tree.map(write, inner_state,
+                      is_leaf=lambda x: isinstance(x, _INJECT_STATES))
+
+
+def sanitize(grads, limit):
+  """NaN → 0, ±inf → ±limit, elementwise (fuses into the update)."""
+  return jax.tree.map(
+      lambda g: jnp.nan_to_num(g, nan=0.0, posinf=limit, neginf=-limit),
+      grads)
+
+
+def adapt(inner: optax.GradientTransformation,
+          coefficients: Sequence[Coefficient | str],
+          laws: optax.GradientTransformation, *,
+          filters: measurement.FilterConfig = measurement.FilterConfig(),
+          brake: controller_lib.Brake | None = None,
+          step_size: str = "learning_rate",
+          noise: str | None = "sigma",
+          momentum: str | None = "auto",
+          delayed: bool = True,
+          seed: int = 0,
+          energy_weight=0.05) -> optax.GradientTransformationExtraArgs:
+  """Drives the hyperparameters of ``inner`` with the AE laws every step.
+
+  Example::
+
+    inner = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
+    tx = ae.adapt(inner, [ae.Coefficient('learning_rate', lower=1e-6,
+                                         upper=1e-1)],
+                  laws=ae.canonical_laws(['learning_rate']))
+    updates, state = tx.update(grads, state, params, value=loss)
+
+  Args:
+    inner: the base optimizer, built with ``optax.inject_hyperparams``.
+    coefficients: :class:`Coefficient` specs (or names, for default specs)
+      of the adapted hyperparameters. An ``init`` of ``None`` takes the
+      inner optimizer's value. The coefficient named ``noise`` need not be
+      a hyperparameter of ``inner``: it is the σ of the parameter noise.
+    laws: the law chain over the coefficients (see :mod:`ae_jax.laws`).
+    filters: the AE-1 filter configuration.
+    brake: the emergency brake (default: α / 10 on a non-finite or extreme
+      loss or gradient).
+    step_size: the coefficient playing α in γ = α‖g‖.
+    noise: the coefficient giving σ of ξ_t ~ σ N(0, I), or None.
+    momentum: the field of the inner state that ρ is measured against
+      (``"auto"`` searches ``mu``, ``trace``, ``ema``); ``None``, or none
+      found, measures ρ against the previous gradient, kept in the state.
+    delayed: steer step t+1 with step t's statistics (fast, see module doc);
+      ``False`` applies them at step t, as the reference does.
+    seed: seed of the noise key.
+    energy_weight: weight of the leak term in the Lyapunov energy.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose ``update`` requires
+    the loss as ``value=`` and accepts a ``reward=``.
+
+  Raises:
+    ValueError: if ``inner`` was not built with ``inject_hyperparams``, a
+      coefficient is not among its hyperparameters, or any configuration
+      field is invalid (the message names it).
+  """
+  probe = _probe(inner)
+  injected = _inject_states(probe)
+  if not injected:
+    raise ValueError(
+        "adapt: the inner optimizer must be built with "
+        "optax.inject_hyperparams(...) so its hyperparameters can be "
+        "written each step; e.g. optax.inject_hyperparams(optax.adam)"
+        "(learning_rate=1e-3)")
+  hyperparams = {}
+  for s in injected:
+    for name, value in s.hyperparams.items():
+      if name in hyperparams:
+        raise ValueError(f"adapt: hyperparameter {name!r} appears in more "
+                         f"than one inject_hyperparams state")
+      hyperparams[name] = value
+
+  specs = []
+  for c in as_specs(coefficients):
+    c = c if isinstance(c, Coefficient) else Coefficient(c)
+    if c.name in hyperparams:
+      default = hyperparams[c.name]
+      if not isinstance(default, jax.core.Tracer):
+        default = float(default)
+      specs.append(c.resolve(default))
+    elif c.name == noise:
+      specs.append(c.resolve(0.0 if c.init is None else None))
+    else:
+      raise ValueError(
+          f"adapt: coefficient {c.name!r} is not a hyperparameter of the "
+          f"inner optimizer (it has {sorted(hyperparams)})")
+  names = [c.name for c in specs]
+  ctrl = controller_lib.controller(
+      specs, laws, filters=filters, brake=brake,
+      step_size=step_size if step_size in names else None,
+      energy_weight=energy_weight)
+  momentum_field = _find_momentum_field(probe, momentum)
+  grad_limit = (brake.grad_limit if brake is not None
+                else controller_lib.Brake().grad_limit)
+  noise = noise if noise in names else None
+
+  def init_fn(params):
+    cstate = ctrl.init()
+    inner_state = write_hyperparams(inner.init(params), cstate.values)
+    prev = () if momentum_field else jax.tree.map(jnp.zeros_like, params)
+    return AdaptState(inner_state=inner_state, controller=cstate,
+                      prev_grad=prev, key=jax.random.PRNGKey(seed))
+
+  def add_noise(updates, sigma, key):
+    def noisy(u):
+      xi = optax.tree.random_like(key, u)
+      return jax.tree.map(lambda a, b: a + (sigma * b).astype(a.dtype), u, xi)
+
+    return jax.lax.cond(sigma > 0, noisy, lambda u: u, updates)
+
+  def update_fn(updates, state: AdaptState, params=None, *, value=None,
+                reward=None, **extra_args):
+    if value is None:
+      raise TypeError(
+          "this ae_jax optimizer's update requires the loss as the keyword "
+          "argument `value`, e.g. tx.update(grads, state, params, value=loss)")
+    grads = sanitize(updates, grad_limit)
+    if momentum_field:
+      reference = _read_momentum(state.inner_state, momentum_field, grads)
+    else:
+      reference = state.prev_grad
+    stats = measurement.gradient_stats(
+        grads, reference, dtype=state.controller.energy.dtype)
+    inner_update = optax.with_extra_args_support(inner).update
+    extra_args = dict(extra_args, value=value)
+    if reward is not None:
+      extra_args["reward"] = reward
+
+    if delayed:
+      applied = state.controller.values
+      updates, inner_state = inner_update(grads, state.inner_state, params,
+                                          **extra_args)
+      values, cstate = ctrl.step(state.controller, value, stats, reward)
+      alpha = applied[step_size] if step_size in applied else 1.0
+      cstate = cstate._replace(signals=cstate.signals._replace(
+          gamma=alpha * cstate.signals.gnorm))
+      inner_state = write_hyperparams(inner_state, values)
+    else:
+      values, cstate = ctrl.step(state.controller, value, stats, reward)
+      applied = values
+      inner_state = write_hyperparams(state.inner_state, values)
+      updates, inner_state = inner_update(grads, inner_state, params,
+                                          **extra_args)
+
+    key = state.key
+    if noise is not None:
+      key, subkey = jax.random.split(key)
+      updates = add_noise(updates, applied[noise], subkey)
+    prev = () if momentum_field else grads
+    return updates, AdaptState(inner_state=inner_state, controller=cstate,
+                               prev_grad=prev, key=key)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

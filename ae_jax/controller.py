@@ -1,0 +1,273 @@
+"""The AE controller: evolves any set of coefficients from loss, reward and gradient.
+
+One controller step is the coefficient layer of the normal form:
+
+1. measure (AE-1): fold loss / reward / gradient statistics into the filters;
+2. brake: on a non-finite or extreme loss or gradient, cut the step size
+   and cap momentum at once (the reference's emergency brake);
+3. run the law chain (AE-2 ... AE-8) over ``z`` to get ``Δz``;
+4. project ``z + Δz`` onto Ω (always on: axiom A4);
+5. record the Lyapunov energy (AE-10).
+
+Use it directly for coefficients that are not optimizer hyperparameters
+(an entropy temperature, a KL penalty, an augmentation strength), or through
+:func:`ae_jax.adapt`, which wires it to an Optax optimizer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from ae_jax import laws as laws_lib
+from ae_jax import measurement
+from ae_jax.coefficient import Coefficient, as_specs
+
+
+class Brake(NamedTuple):
+  """The emergency brake (reference ``loss_emergency`` / ``grad_emergency``).
+
+  Attributes:
+    loss_limit: brake when ``|loss|`` exceeds this, or the loss is not finite
+      (``None``: never brake on the loss, as the reference in effect does).
+    grad_limit: brake when ``‖g‖`` exceeds this or is not finite. Infinite
+      gradient entries are also clipped to ``±grad_limit``.
+    scale: ``name -> factor`` applied to those coefficients (floored at
+      their lower bound).
+    cap: ``name -> ceiling`` applied to those coefficients.
+  """
+
+  loss_limit: float | None = 1e8
+  grad_limit: float = 1e6
+  scale: Mapping[str, float] = {"learning_rate": 0.1}
+  cap: Mapping[str, float] = {}
+
+
+class ControllerState(NamedTuple):
+  """State of a :func:`controller` (all scalars, at least float32).
+
+  Attributes:
+    count: steps taken.
+    z: the coefficients in unconstrained coordinates (dict).
+    values: the coefficient values ``a_t`` (dict), what the user reads.
+    filters: the AE-1 filter accumulators.
+    signals: the signals of the last step.
+    laws: the state of the law chain.
+    energy: the Lyapunov energy 𝒱_t of AE-10 after the last step.
+  """
+
+  count: chex.Array
+  z: dict
+  values: dict
+  filters: measurement.FilterState
+  signals: measurement.Signals
+  laws: Any
+  energy: chex.Array
+
+
+class Controller(NamedTuple):
+  """A coefficient controller; see :func:`controller`.
+
+  Attributes:
+    init: ``init(dtype=None) -> ControllerState``.
+    update: ``update(grads, state, *, value, reward=None, reference=None)
+      -> (values, state)``; ``grads`` may be None when there is no gradient.
+    step: ``step(state, loss, stats, reward=None) -> (values, state)``, the
+      same from precomputed :class:`ae_jax.measurement.GradStats`.
+    specs: the resolved :class:`Coefficient` specs.
+  """
+
+  init: Callable[..., ControllerState]
+  update: Callable[..., tuple[dict, ControllerState]]
+  step: Callable[..., tuple[dict, ControllerState]]
+  specs: tuple[Coefficient, ...]
+
+
+def geometry(specs: Sequence[Coefficient]) -> laws_lib.Geometry:
+  """Anchors and bounds of ``specs`` in ``z`` coordinates."""
+  bounds = {c.name: c.z_bounds() for c in specs}
+  return laws_lib.Geometry(
+      anchor={c.name: c.to_z(c.anchor) for c in specs},
+      anchor_value={c.name: c.anchor for c in specs},
+      lower={n: b[0] for n, b in bounds.items()},
+      upper={n: b[1] for n, b in bounds.items()})
+
+
+def decode(specs: Sequence[Coefficient], z: Mapping[str, Any]) -> dict:
+  """Coefficient values from ``z``."""
+  return {c.name: c.from_z(z[c.name]) for c in specs}
+
+
+def project(specs: Sequence[Coefficient], z: Mapping[str, Any]) -> dict:
+  """Π_Ω in ``z`` coordinates."""
+  geo_lo = {c.name: c.z_bounds() for c in specs}
+  return {c.name: jnp.clip(z[c.name], *geo_lo[c.name]) for c in specs}
+
+
+def _validate_brake(brake: Brake, names: Sequence[str]) -> None:
+  if brake.loss_limit is not None and not float(brake.loss_limit) > 0:
+    raise ValueError(f"Brake.loss_limit must be positive, got "
+                     f"{brake.loss_limit}")
+  if not float(brake.grad_limit) > 0:
+    raise ValueError(f"Brake.grad_limit must be positive, got "
+                     f"{brake.grad_limit}")
+  for field in ("scale", "cap"):
+    unknown = sorted(set(getattr(brake, field)) - set(names))
+    if unknown:
+      raise ValueError(f"Brake.{field} names unknown coefficients {unknown}; "
+                       f"adapted: {list(names)}")
+  for name, factor in brake.scale.items():
+    if not 0 < float(factor) <= 1:
+      raise ValueError(f"Brake.scale[{name!r}] must lie in (0, 1], got "
+                       f"{factor}")
+
+
+def controller(coefficients: Sequence[Coefficient], laws, *,
+               filters: measurement.FilterConfig = measurement.FilterConfig(),
+               brake: Brake | None = None,
+               step_size: str | None = "learning_rate",
+               energy_weight=0.05) -> Controller:
+  """Builds a controller that evolves ``coefficients`` under ``laws``.
+
+  Example (an entropy temperature driven by the reward, AE-RL)::
+
+    ctrl = ae.controller(
+        [ae.Coefficient('temperature', init=1.0, lower=1e-3, upper=10.)],
+        optax.chain(
+            ae.laws.drive({'temperature': ae.laws.DriveGains(reward=-1.0)}),
+            ae.laws.evolve({'temperature': 0.05})),
+        step_size=None)
+    state = ctrl.init()
+    values, state = ctrl.update(None, state, value=loss, reward=reward)
+
+  Args:
+    coefficients: :class:`Coefficient` specs, each with an ``init``.
+    laws: an ``optax.GradientTransformationExtraArgs`` over the coefficients
+      (usually an ``optax.chain`` of :mod:`ae_jax.laws`).
+    filters: the AE-1 filter configuration.
+    brake: the emergency brake; ``None`` keeps the default limits but only
+      scales ``step_size`` if it is a coefficient.
+    step_size: name of the coefficient that plays α in γ = α‖g‖ (``None``:
+      γ = ‖g‖).
+    energy_weight: the weight γ of ``‖z - z̄‖²`` in the Lyapunov energy.
+
+  Returns:
+    A :class:`Controller`.
+
+  Raises:
+    ValueError: on an invalid spec, filter, brake or law configuration,
+      naming the field.
+  """
+  specs = tuple(c if isinstance(c, Coefficient) else Coefficient(c)
+                for c in as_specs(coefficients))
+  specs = tuple(c.resolve() for c in specs)
+  names = [c.name for c in specs]
+  measurement.validate_filter_config(filters)
+  if brake is None:
+    scale = {step_size: 0.1} if step_size in names else {}
+    brake = Brake(scale=scale)
+  _validate_brake(brake, names)
+  if step_size is not None and step_size not in names:
+    step_size = None
+  if not hasattr(laws, "init") or not hasattr(laws, "update"):
+    raise ValueError("laws must be an optax GradientTransformation (e.g. an "
+                     "optax.chain of ae_jax.laws)")
+  laws = optax.with_extra_args_support(laws)
+  geo = geometry(specs)
+
+  def init(dtype=None) -> ControllerState:
+    dtype = dtype or measurement.controller_dtype()
+    z = {c.name: jnp.asarray(c.to_z(c.init), dtype) for c in specs}
+    return ControllerState(
+        count=jnp.zeros([], jnp.int32), z=z, values=decode(specs, z),
+        filters=measurement.init_filters(dtype),
+        signals=measurement.init_signals(dtype), laws=laws.init(z),
+        energy=jnp.zeros([], dtype))
+
+  # Check law names and configuration now, not at the first update.
+  jax.eval_shape(init)
+
+  def step(state: ControllerState, loss, stats: measurement.GradStats,
+           reward=None) -> tuple[dict, ControllerState]:
+    dtype = state.energy.dtype
+    sig, filt = measurement.measure(state.filters, filters, loss, stats,
+                                    reward)
+    loss = jnp.asarray(loss, dtype)
+    fire = ~jnp.isfinite(sig.gnorm) | (sig.gnorm > brake.grad_limit)
+    if brake.loss_limit is not None:
+      fire = fire | ~jnp.isfinite(loss) | (jnp.abs(loss) > brake.loss_limit)
+    z = dict(state.z)
+    values = decode(specs, z)
+    for c in specs:
+      braked = values[c.name]
+      if c.name in brake.scale:
+        braked = jnp.maximum(braked * brake.scale[c.name], c.lower)
+      if c.name in brake.cap:
+        braked = jnp.minimum(braked, brake.cap[c.name])
+      if c.name in brake.scale or c.name in brake.cap:
+        z[c.name] = jnp.where(fire, c.to_z(braked).astype(dtype), z[c.name])
+    values = decode(specs, z)
+    sig = sig._replace(brake=fire.astype(dtype))
+
+    zeros = jax.tree.map(jnp.zeros_like, z)
+    dz, law_state = laws.update(zeros, state.laws, z, signals=sig,
+                                coefficients=values, geometry=geo)
+    z = project(specs, {n: z[n] + dz[n] for n in z})
+    values = decode(specs, z)
+    alpha = values[step_size] if step_size else 1.0
+    sig = sig._replace(gamma=alpha * sig.gnorm)
+    energy = laws_lib.lyapunov_energy(sig.loss_mean, z, geo,
+                                      weight=energy_weight)
+    new_state = ControllerState(
+        count=optax.safe_increment(state.count), z=z, values=values,
+        filters=filt, signals=sig, laws=law_state, energy=energy)
+    return values, new_state
+
+  def update(grads, state: ControllerState, *, value=None, reward=None,
+             reference=None) -> tuple[dict, ControllerState]:
+    if value is None:
+      raise TypeError("ae_jax controller update requires the loss as the "
+                      "keyword argument `value`")
+    stats = measurement.gradient_stats(
+        grads if grads is not None else (), reference,
+        dtype=state.energy.dtype)
+    return step(state, value, stats, reward)
+
+  return Controller(init=init, update=update, step=step, specs=specs)
+
+
+def _find(state, cls):
+  found = [s for s in jax.tree.leaves(
+      state, is_leaf=lambda x: isinstance(x, cls)) if isinstance(s, cls)]
+  if not found:
+    raise ValueError(f"no {cls.__name__} in this state: pass the state of an "
+                     f"ae_jax optimizer or controller")
+  return found[0]
+
+
+def _unbox(x):
+  # Flax NNX wraps optimizer-state leaves in Variables.
+  return x.value if hasattr(x, "value") and not isinstance(x, jax.Array) else x
+
+
+def coefficients(state) -> dict[str, jax.Array]:
+  """The current coefficient values, by name, from any state holding a controller."""
+  found = _find(jax.tree.map(_unbox, state, is_leaf=lambda x: hasattr(
+      x, "value") and not isinstance(x, jax.Array)), ControllerState)
+  return dict(found.values)
+
+
+def signals(state) -> dict[str, jax.Array]:
+  """The last step's signals (``'T'``, ``'V'``, ``'R'``, ``'rho'``, ``'S'``,
+  ``'gamma'``, ...) and the Lyapunov ``'energy'``, from any state holding a
+  controller."""
+  found = _find(jax.tree.map(_unbox, state, is_leaf=lambda x: hasattr(
+      x, "value") and not isinstance(x, jax.Array)), ControllerState)
+  out = found.signals._asdict()
+  out["energy"] = found.energy
+  return out

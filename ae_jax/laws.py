@@ -1,0 +1,536 @@
+"""The AE laws AE-2 ... AE-8 as composable Optax transformations.
+
+The coefficient layer is itself an Optax problem. Its ``params`` are the
+coefficients in unconstrained coordinates ``z`` (a dict ``name -> scalar``,
+see :mod:`ae_jax.coefficient`); its ``updates`` start as zeros, become the
+drive field :math:`u_t` (AE-2, AE-4, AE-7), are turned into a log-step
+:math:`\\Delta z` by the evolution law (AE-3), and are then corrected by the
+gauge (AE-8), the budget (AE-6) and the resonance clamp (AE-5). The
+controller adds ``Δz`` to ``z`` and projects onto Ω. Every law receives
+the same keyword arguments:
+
+* ``signals``: the :class:`ae_jax.measurement.Signals` of this step (AE-1);
+* ``coefficients``: the current coefficient values ``a_t`` (a dict);
+* ``geometry``: a :class:`Geometry` with anchors and bounds in ``z``.
+
+So a law set is a plain ``optax.chain``; leaving a law out of the chain is
+the knock-out of experiment 18. Order matters and follows the reference:
+drive terms first, then :func:`evolve`, then step corrections::
+
+  laws = optax.chain(
+      ae.laws.drive({...}),        # AE-2   u  = W φ(s) - Γ (z - z̄)
+      ae.laws.noise(),             # AE-4   u_σ += stall/uncertainty/...
+      ae.laws.coupling(C, names),  # AE-7   u  += C ζ
+      ae.laws.evolve({...}),       # AE-3   Δz = η (u - ∇ψ_Ω(z))
+      ae.laws.gauge(),             # AE-8   Δz_α += η_γ (γ* - α‖g‖)/γ*
+      ae.laws.budget({...}),       # AE-6   Δz /= sqrt(1 + λ), |Δz| ≤ max
+      ae.laws.resonance(),         # AE-5   Δz_α -= log(1 + κ) on oscillation
+  )
+
+All gains may be traced values, so ``jax.grad`` reaches them (AE-9).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from ae_jax import measurement
+
+_TINY = 1e-12
+
+
+class Geometry(NamedTuple):
+  """Static facts about the coefficients, in ``z`` coordinates (dicts).
+
+  Attributes:
+    anchor: the anchors :math:`\\bar z` of the leak term.
+    anchor_value: the anchors :math:`\\bar a` as values.
+    lower: lower bounds of ``z`` (``-inf`` where unbounded).
+    upper: upper bounds of ``z`` (``+inf`` where unbounded).
+  """
+
+  anchor: Mapping[str, Any]
+  anchor_value: Mapping[str, Any]
+  lower: Mapping[str, Any]
+  upper: Mapping[str, Any]
+
+
+def _check_names(law: str, names, params) -> None:
+  missing = sorted(set(names) - set(params))
+  if missing:
+    raise ValueError(
+        f"ae_jax.laws.{law}: no coefficient named {missing}; the controller "
+        f"adapts {sorted(params)}")
+
+
+def _add(updates: dict, name: str, term) -> dict:
+  updates = dict(updates)
+  updates[name] = updates[name] + jnp.asarray(term, updates[name].dtype)
+  return updates
+
+
+def _stateless(law: str, names, update_fn) -> optax.GradientTransformationExtraArgs:
+  """A law without state; ``init`` checks the coefficient names it uses."""
+
+  def init_fn(params):
+    _check_names(law, names, params)
+    return optax.EmptyState()
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# -- AE-2: drive --------------------------------------------------------------
+
+
+class DriveGains(NamedTuple):
+  """Gains of one coefficient's row of the drive field (AE-2).
+
+  .. math::
+
+    u = W_p \\tanh(-\\hat T/\\tau_p) - W_v\\,\\phi_V + W_r \\tanh(\\hat R/\\tau_r)
+        + W_c(\\rho - \\rho^\\star) + W_{c'} \\tanh(\\rho - \\rho^\\star)
+        - \\Gamma (z - \\bar z)
+
+  A positive gain pushes the coefficient in the theory's direction (up with
+  progress, down with variance, ...); a negative gain reverses it, e.g. β2
+  *rises* with variance. Fields may be traced.
+  """
+
+  progress: Any = 0.0     # W_p
+  variance: Any = 0.0     # W_v
+  reward: Any = 0.0       # W_r
+  phase: Any = 0.0        # W_c (AE-2) and W_m (AE-5), linear in ρ
+  phase_tanh: Any = 0.0   # the canonical AE-SGDm momentum row, tanh(ρ - ρ*)
+  leak: Any = 0.0         # Γ
+
+
+def drive_features(signals: measurement.Signals, *, rho_star=0.3,
+                   tau_p=1.0, tau_v=1.0, tau_r=1.0, normalize: bool = True,
+                   center: bool = True) -> dict[str, jax.Array]:
+  """The bounded features φ(s) that the drive gains multiply.
+
+  Args:
+    signals: this step's signals.
+    rho_star: the phase target ρ*.
+    tau_p: progress temperature.
+    tau_v: variance temperature.
+    tau_r: reward temperature.
+    normalize: divide ``T`` and ``R`` by their running absolute scale, making
+      progress and reward scale-free in [-1, 1] (the reference does not).
+    center: use ``softplus((V/V* - 1)/τ_v) - log 2``, which is 0 when the
+      variance sits at its reference; the reference's ``softplus(V/V*/τ_v)``
+      is a constant downward pull of about -1.3 W_v at steady state.
+  """
+  trend, reward = signals.T, signals.R
+  if normalize:
+    trend = trend / (signals.T_scale + _TINY)
+    reward = reward / (signals.R_scale + _TINY)
+  ratio = signals.V / signals.V_star
+  if center:
+    variance = jax.nn.softplus((ratio - 1.0) / tau_v) - math.log(2.0)
+  else:
+    variance = jax.nn.softplus(ratio / tau_v)
+  phase = signals.rho - rho_star
+  return dict(progress=jnp.tanh(-trend / tau_p), variance=variance,
+              reward=jnp.tanh(reward / tau_r), phase=phase,
+              phase_tanh=jnp.tanh(phase))
+
+
+def drive(gains: Mapping[str, DriveGains], *, rho_star=0.3, tau_p=1.0,
+          tau_v=1.0, tau_r=1.0, normalize: bool = True,
+          center: bool = True) -> optax.GradientTransformationExtraArgs:
+  """AE-2, the constitutive drive: adds :math:`u_t` to the updates.
+
+  .. math::
+
+    u_t = W_p\\tanh(-T_t/\\tau_p) - W_v\\,\\mathrm{softplus}(V_t/\\tau_v)
+          + W_r\\tanh(R_t/\\tau_r) + W_c(\\rho_t-\\rho^\\star)
+          - \\Gamma(z_t-\\bar z)
+
+  (the barrier term :math:`-\\nabla\\psi_\\Omega` is applied by
+  :func:`evolve`).
+
+  Args:
+    gains: ``name -> DriveGains``; coefficients not listed get no drive.
+    rho_star: the phase target ρ*.
+    tau_p: progress temperature.
+    tau_v: variance temperature.
+    tau_r: reward temperature.
+    normalize: see :func:`drive_features`.
+    center: see :func:`drive_features`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` over the coefficients.
+  """
+  gains = dict(gains)
+  for name, row in gains.items():
+    if not isinstance(row, DriveGains):
+      raise ValueError(f"ae_jax.laws.drive: gains[{name!r}] must be a "
+                       f"DriveGains, got {type(row).__name__}")
+
+  def update_fn(updates, state, params=None, *, signals, geometry,
+                **extra_args):
+    del extra_args
+    phi = drive_features(signals, rho_star=rho_star, tau_p=tau_p,
+                         tau_v=tau_v, tau_r=tau_r, normalize=normalize,
+                         center=center)
+    for name, w in gains.items():
+      u = (w.progress * phi["progress"] - w.variance * phi["variance"]
+           + w.reward * phi["reward"] + w.phase * phi["phase"]
+           + w.phase_tanh * phi["phase_tanh"]
+           - w.leak * (params[name] - geometry.anchor[name]))
+      updates = _add(updates, name, u)
+    return updates, state
+
+  return _stateless("drive", gains, update_fn)
+
+
+# -- AE-4: noise law ----------------------------------------------------------
+
+
+def noise(coefficient: str = "sigma", *, stall=0.5, uncertainty=0.4,
+          instability=0.4, quality=0.2, stall_threshold=0.25,
+          quality_target=0.5) -> optax.GradientTransformationExtraArgs:
+  """AE-4, the noise law: the drive of the exploration temperature σ.
+
+  .. math::
+
+    u_\\sigma = \\kappa_s \\mathbf{1}\\{|T_t| < \\epsilon_T\\}
+      + \\kappa_u \\frac{S_t}{S^\\star} - \\kappa_v \\frac{V_t}{V^\\star}
+      + \\kappa_a (A_t - A^\\star),\\qquad
+    \\epsilon_T = \\tau_T \\sqrt{V^\\star},\\ A_t = (\\rho_t + 1)/2.
+
+  With :func:`evolve` this is :math:`\\log\\sigma_{t+1} = \\log\\sigma_t +
+  \\eta_\\sigma u_\\sigma`. The parameter noise
+  :math:`\\xi_t \\sim \\sigma_t \\mathcal N(0, I)` itself is drawn by
+  :func:`ae_jax.adapt` from the PRNG key in its state.
+
+  Args:
+    coefficient: name of the σ coefficient (log-parametrised).
+    stall: κ_s, push on a relative stall.
+    uncertainty: κ_u, push with gradient variance.
+    instability: κ_v, pull with loss variance.
+    quality: κ_a, push with step quality.
+    stall_threshold: τ_T of the stall test.
+    quality_target: A*.
+  """
+
+  def update_fn(updates, state, params=None, *, signals, **extra_args):
+    del params, extra_args
+    stalled = jnp.abs(signals.T) < stall_threshold * jnp.sqrt(signals.V_star)
+    step_quality = 0.5 * (signals.rho + 1.0)
+    u = (stall * stalled.astype(signals.T.dtype)
+         + uncertainty * signals.S / signals.S_star
+         - instability * signals.V / signals.V_star
+         + quality * (step_quality - quality_target))
+    return _add(updates, coefficient, u), state
+
+  return _stateless("noise", [coefficient], update_fn)
+
+
+# -- AE-7: coupling -----------------------------------------------------------
+
+_MOMENTUM_LIKE = ("momentum", "b1", "b2", "beta", "beta1", "beta2", "decay")
+
+
+def coupling_feature(name: str, value):
+  """ζ of AE-7: ``log(1/(1-a))`` for momentum-like coefficients, else ``log a``."""
+  value = jnp.asarray(value)
+  if name in _MOMENTUM_LIKE:
+    return -jnp.log1p(-jnp.minimum(value, 1.0 - 1e-7))
+  return jnp.log(jnp.maximum(value, _TINY))
+
+
+def coupling(matrix, names: Sequence[str], *, center: bool = True,
+             ) -> optax.GradientTransformationExtraArgs:
+  """AE-7, coupling: :math:`u \\mathrel{+}= C\\,(\\zeta_t - \\bar\\zeta)`.
+
+  .. math::
+
+    \\zeta_t = [\\log\\alpha_t,\\ \\log\\tfrac{1}{1-\\beta_t},\\
+               \\log\\sigma_t,\\ \\log\\lambda_t, \\dots]^\\top
+
+  Args:
+    matrix: the ``len(names) x len(names)`` matrix C (may be traced). Row i
+      drives ``names[i]``; column j reads ``ζ(names[j])``.
+    names: the coefficients C acts on, in order.
+    center: subtract ζ at the anchors (the theory's ``Cζ`` uncentred is a
+      constant drift that the leak must cancel); ``False`` is the theory's
+      literal form.
+  """
+  names = tuple(names)
+  matrix = jnp.asarray(matrix)
+  if matrix.shape != (len(names), len(names)):
+    raise ValueError(f"ae_jax.laws.coupling: matrix must have shape "
+                     f"{(len(names), len(names))} for names {names}, got "
+                     f"{matrix.shape}")
+
+  def update_fn(updates, state, params=None, *, coefficients, geometry,
+                **extra_args):
+    del params, extra_args
+    zeta = jnp.stack([coupling_feature(n, coefficients[n]) for n in names])
+    if center:
+      zeta = zeta - jnp.stack([coupling_feature(n, geometry.anchor_value[n])
+                               for n in names]).astype(zeta.dtype)
+    drive_terms = matrix.astype(zeta.dtype) @ zeta
+    for i, name in enumerate(names):
+      updates = _add(updates, name, drive_terms[i])
+    return updates, state
+
+  return _stateless("coupling", names, update_fn)
+
+
+# -- AE-3: evolution ----------------------------------------------------------
+
+
+def barrier(z, lower, upper, width=0.5):
+  """The smooth barrier ψ_Ω(z): ~0 inside Ω, growing linearly past a bound."""
+  return width * (jax.nn.softplus((z - upper) / width)
+                  + jax.nn.softplus((lower - z) / width))
+
+
+def evolve(eta: Mapping[str, Any], *, barrier_gain=1.0,
+           barrier_width=0.5) -> optax.GradientTransformationExtraArgs:
+  """AE-3, multiplicative evolution: turns the drive into a step in ``z``.
+
+  .. math::
+
+    a_{t+1} = \\Pi_\\Omega\\big(a_t \\odot \\exp(\\eta_a u_t)\\big)
+    \\iff z_{t+1} = \\Pi_\\Omega\\big(z_t + \\eta_a (u_t - \\nabla\\psi_\\Omega(z_t))\\big)
+
+  for log-parametrised coefficients. The projection Π_Ω is applied by the
+  controller after the whole chain, so no law can leave Ω.
+
+  Args:
+    eta: ``name -> η`` meta-steps; unlisted coefficients do not move.
+    barrier_gain: weight of the smooth barrier ψ_Ω (0 disables it).
+    barrier_width: width of ψ_Ω in ``z`` units.
+  """
+  eta = dict(eta)
+
+  def update_fn(updates, state, params=None, *, geometry, **extra_args):
+    del extra_args
+    steps = {}
+    for name, u in updates.items():
+      if name not in eta:
+        steps[name] = jnp.zeros_like(u)
+        continue
+      z = params[name]
+      lo = jnp.asarray(geometry.lower[name], z.dtype)
+      hi = jnp.asarray(geometry.upper[name], z.dtype)
+      push = jax.grad(barrier)(z, lo, hi, barrier_width)
+      steps[name] = eta[name] * (u - barrier_gain * push)
+    return steps, state
+
+  return _stateless("evolve", eta, update_fn)
+
+
+# -- AE-8: gauge --------------------------------------------------------------
+
+
+class GaugeState(NamedTuple):
+  """State of :func:`gauge`: the γ tracker and the calibrated target γ*."""
+
+  count: chex.Array
+  track: chex.Array
+  target: chex.Array  # γ*; 0 until calibrated when auto
+
+
+def gauge(coefficient: str = "learning_rate", *, eta=1e-3, target=None,
+          warmup: int = 200, calibration=0.8, track_decay=0.99,
+          fallback=None, filter_mode: str = "debiased",
+          ) -> optax.GradientTransformationExtraArgs:
+  """AE-8, the gauge: steers the effective step γ = α‖g‖ toward γ*.
+
+  .. math::
+
+    \\log\\alpha_{t+1} = \\log\\alpha_t
+      + \\eta_\\gamma \\frac{\\gamma^\\star - \\alpha_t\\|g_t\\|}{\\gamma^\\star}
+
+  Args:
+    coefficient: the step-size coefficient α (log-parametrised).
+    eta: η_γ.
+    target: a fixed γ*; ``None`` auto-calibrates γ* after ``warmup`` steps
+      as ``calibration`` times the tracked γ.
+    warmup: steps before auto-calibration.
+    calibration: γ* = calibration · LP(γ) at the end of the warm-up.
+    track_decay: decay of the γ tracker.
+    fallback: γ* used during the warm-up. ``None`` (default) keeps the gauge
+      idle until calibrated; the reference uses its ``gamma_star`` (1e-2),
+      which pulls α toward 1e-2/‖g‖ before anything is known of the problem.
+    filter_mode: EMA flavour of the tracker, see
+      :class:`ae_jax.measurement.FilterConfig`.
+  """
+  if target is not None and not isinstance(target, jax.core.Tracer):
+    if not float(target) > 0:
+      raise ValueError(f"ae_jax.laws.gauge: target must be positive, got "
+                       f"{target}")
+  if int(warmup) < 0:
+    raise ValueError(f"ae_jax.laws.gauge: warmup must be >= 0, got {warmup}")
+
+  def init_fn(params):
+    _check_names("gauge", [coefficient], params)
+    dtype = params[coefficient].dtype
+    fixed = 0.0 if target is None else target
+    return GaugeState(count=jnp.zeros([], jnp.int32),
+                      track=jnp.zeros([], dtype),
+                      target=jnp.asarray(fixed, dtype))
+
+  def update_fn(updates, state, params=None, *, signals, coefficients,
+                **extra_args):
+    del params, extra_args
+    alpha = coefficients[coefficient]
+    gamma = jnp.abs(alpha * signals.gnorm)
+    track, tracked = measurement.ema(state.track, gamma, track_decay,
+                                     state.count, filter_mode)
+    count = optax.safe_increment(state.count)
+    if target is None:
+      calibrate = (state.target <= 0) & (count > warmup)
+      gamma_star = jnp.where(
+          calibrate, calibration * jnp.maximum(tracked, _TINY), state.target)
+    else:
+      gamma_star = state.target
+    ready = gamma_star > 0
+    if fallback is not None:
+      active_target = jnp.where(ready, gamma_star, fallback)
+      ready = jnp.ones_like(ready)
+    else:
+      active_target = jnp.where(ready, gamma_star, 1.0)
+    step = eta * (active_target - alpha * signals.gnorm) / (
+        active_target + _TINY)
+    updates = _add(updates, coefficient, jnp.where(ready, step, 0.0))
+    return updates, GaugeState(count=count, track=track, target=gamma_star)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# -- AE-6: budget -------------------------------------------------------------
+
+
+class BudgetState(NamedTuple):
+  """State of :func:`budget`: the dual variable λ of the power constraint."""
+
+  dual: chex.Array
+
+
+def budget(max_step: Mapping[str, Any] | None = None, *, bound=None,
+           eta_dual=0.0, weights: Mapping[str, Any] | None = None,
+           ) -> optax.GradientTransformationExtraArgs:
+  """AE-6, budget/continuity: bounds the adaptation power of each step.
+
+  .. math::
+
+    \\Delta z \\leftarrow \\frac{\\Delta z}{\\sqrt{1+\\lambda_t}},\\qquad
+    \\lambda_{t+1} = \\big[\\lambda_t + \\eta_\\lambda
+      (\\|\\Delta z\\|_M^2 - B)\\big]_+
+
+  plus a hard per-coefficient trust region ``|Δz_i| ≤ max_step[i]`` (the
+  reference's ``max_dlog_alpha``, ``max_d_mu``, ``max_dlog_sigma``). The
+  energy is measured on the step this law outputs, before the projection
+  (which can only shorten it).
+
+  Args:
+    max_step: ``name -> bound`` on ``|Δz|`` per step (``None`` entries and
+      unlisted coefficients are unbounded).
+    bound: the power budget B; ``None`` disables the dual variable.
+    eta_dual: η_λ.
+    weights: the diagonal metric M (default 1 for every coefficient).
+  """
+  max_step = {k: v for k, v in (max_step or {}).items() if v is not None}
+  weights = dict(weights or {})
+  for name, value in max_step.items():
+    if not isinstance(value, jax.core.Tracer) and not float(value) > 0:
+      raise ValueError(f"ae_jax.laws.budget: max_step[{name!r}] must be "
+                       f"positive, got {value}")
+  if bound is not None and not isinstance(bound, jax.core.Tracer):
+    if not float(bound) > 0:
+      raise ValueError(f"ae_jax.laws.budget: bound must be positive, got "
+                       f"{bound}")
+
+  def init_fn(params):
+    _check_names("budget", list(max_step) + list(weights), params)
+    dtype = next(iter(params.values())).dtype if params else jnp.float32
+    return BudgetState(dual=jnp.zeros([], dtype))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    scale = jax.lax.rsqrt(1.0 + state.dual) if bound is not None else 1.0
+    steps = {}
+    for name, dz in updates.items():
+      dz = dz * scale
+      if name in max_step:
+        dz = jnp.clip(dz, -max_step[name], max_step[name])
+      steps[name] = dz
+    dual = state.dual
+    if bound is not None:
+      power = sum((weights.get(n, 1.0) * jnp.square(d)
+                   for n, d in steps.items()), jnp.zeros_like(dual))
+      dual = jnp.maximum(dual + eta_dual * (power - bound), 0.0)
+    return steps, BudgetState(dual=dual)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# -- AE-5: resonance ----------------------------------------------------------
+
+
+def resonance(coefficient: str = "learning_rate", *, variance_max=4.0,
+              rho_max=0.95, shrink=0.25, two_sided: bool = False,
+              ) -> optax.GradientTransformationExtraArgs:
+  """AE-5, the resonance clamp: shrinks α on a variance spike or oscillation.
+
+  .. math::
+
+    \\text{if } V_t > V_{\\max} \\text{ or } \\rho_t < -\\rho_{\\max}:\\quad
+    a_{t+1} \\leftarrow a_{t+1} / (1 + \\kappa_{\\text{shrink}})
+
+  with :math:`V_{\\max}` = ``variance_max`` · V*. The theory's phase term
+  :math:`W_m(\\rho - \\rho^\\star)` has the form of AE-2's :math:`W_c` term and
+  is carried by :attr:`DriveGains.phase`.
+
+  Args:
+    coefficient: the step-size coefficient (log-parametrised).
+    variance_max: the variance trigger, as a multiple of V*.
+    rho_max: the phase trigger.
+    shrink: κ_shrink.
+    two_sided: fire on ``|ρ| > ρ_max`` as the reference does. That also fires
+      while consecutive gradients are steadily *aligned* (ρ ≈ +1, good
+      progress) and drives α to its floor on a plain quadratic; the default
+      fires only on oscillation (ρ < -ρ_max).
+  """
+
+  def update_fn(updates, state, params=None, *, signals, **extra_args):
+    del params, extra_args
+    phase = jnp.abs(signals.rho) if two_sided else -signals.rho
+    fire = (signals.V > variance_max * signals.V_star) | (phase > rho_max)
+    cut = jnp.where(fire, jnp.log1p(shrink), 0.0)
+    return _add(updates, coefficient, -cut), state
+
+  return _stateless("resonance", [coefficient], update_fn)
+
+
+# -- AE-10: Lyapunov energy ---------------------------------------------------
+
+
+def lyapunov_energy(loss_level, z: Mapping[str, Any], geometry: Geometry, *,
+                    weight=0.05, barrier_width=0.5):
+  """AE-10's closed-loop energy, exposed for monitoring.
+
+  .. math::
+
+    \\mathcal V_t = \\mathrm{LP}(\\ell(\\theta_t))
+      + \\tfrac{\\gamma}{2}\\|z_t - \\bar z\\|^2 + \\psi_\\Omega(z_t)
+  """
+  total = jnp.asarray(loss_level)
+  for name, value in z.items():
+    lo = jnp.asarray(geometry.lower[name], value.dtype)
+    hi = jnp.asarray(geometry.upper[name], value.dtype)
+    total = total + 0.5 * weight * jnp.square(value - geometry.anchor[name])
+    total = total + barrier(value, lo, hi, barrier_width)
+  return total

@@ -1,0 +1,319 @@
+"""AE-1, measurement: causal, bias-corrected, differentiable signal filters.
+
+The coefficient laws never look at raw observables. Every step the loss
+:math:`\\ell_t`, an optional reward :math:`r_t` and a handful of global
+reductions of the gradient are folded into low-pass filters (EMAs):
+
+.. math::
+
+  T_t = \\mathrm{LP}(\\ell_t - \\ell_{t-1}),\\quad
+  V_t = \\mathrm{LP}\\big((\\ell_t - \\mathrm{LP}(\\ell_t))^2\\big),\\quad
+  R_t = \\mathrm{LP}(r_t - r_{t-1}),
+
+  \\rho_t = \\cos\\angle(g_t, m_{t-1}),\\quad
+  S_t = \\mathrm{LP}(\\mathrm{Var}(g_t)),\\quad
+  V^\\star = \\mathrm{LP}(V),\\ S^\\star = \\mathrm{LP}(S),\\quad
+  \\gamma_t = \\alpha_t \\lVert g_t \\rVert.
+
+Everything here works on scalars; the only parameter-sized work is
+:func:`gradient_stats`, five global reductions that XLA fuses into one pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+# Filters are either the standard zero-initialised EMA with Adam's bias
+# correction ("debiased"), or the reference implementation's EMA, which starts
+# at the first sample and still divides by (1 - beta^t) ("reference").
+FILTER_MODES = ("debiased", "reference")
+
+
+class GradStats(NamedTuple):
+  """Global reductions of a gradient pytree (scalars, at least float32).
+
+  Attributes:
+    size: number of gradient elements over all leaves.
+    sum: sum of the elements.
+    sumsq: sum of squares, ``‖g‖²``.
+    dot: inner product of the gradient with the phase reference (the base
+      optimizer's momentum, or the previous gradient).
+    ref_sumsq: squared norm of the phase reference.
+  """
+
+  size: chex.Array
+  sum: chex.Array
+  sumsq: chex.Array
+  dot: chex.Array
+  ref_sumsq: chex.Array
+
+
+class Signals(NamedTuple):
+  """The filtered signals :math:`s_t` of AE-1 (scalars).
+
+  Attributes:
+    loss: the loss as measured (non-finite values replaced, clamped).
+    loss_mean: the low-passed loss LP(ℓ).
+    T: trend, low-passed loss difference (negative while improving).
+    T_scale: low-passed ``|ℓ_t - ℓ_{t-1}|``; ``T / T_scale`` is a
+      scale-free progress measure in [-1, 1].
+    V: loss variance around its running mean.
+    R: low-passed reward difference.
+    R_scale: low-passed ``|r_t - r_{t-1}|``.
+    rho: cosine of the gradient and the phase reference, in [-1, 1].
+    S: low-passed variance of the gradient's elements.
+    V_star: running reference of ``V``.
+    S_star: running reference of ``S``.
+    gnorm: the gradient norm ``‖g_t‖``.
+    gamma: the effective step ``α_t ‖g_t‖`` of the step that was applied.
+    brake: 1.0 where the emergency brake fired this step, else 0.0.
+  """
+
+  loss: chex.Array
+  loss_mean: chex.Array
+  T: chex.Array
+  T_scale: chex.Array
+  V: chex.Array
+  R: chex.Array
+  R_scale: chex.Array
+  rho: chex.Array
+  S: chex.Array
+  V_star: chex.Array
+  S_star: chex.Array
+  gnorm: chex.Array
+  gamma: chex.Array
+  brake: chex.Array
+
+
+class FilterState(NamedTuple):
+  """EMA accumulators behind :class:`Signals` (scalars)."""
+
+  count: chex.Array  # samples seen so far, int32
+  prev_loss: chex.Array
+  prev_reward: chex.Array
+  loss_mean: chex.Array
+  T: chex.Array
+  T_scale: chex.Array
+  V: chex.Array
+  R: chex.Array
+  R_scale: chex.Array
+  S: chex.Array
+  V_star: chex.Array
+  S_star: chex.Array
+
+
+class FilterConfig(NamedTuple):
+  """Decays of the AE-1 filters.
+
+  The fields may be traced values (they are gains of AE-9), except ``mode``.
+
+  Attributes:
+    loss_mean: decay of the loss mean used by ``V`` (reference ``beta_mu``).
+    trend: decay of ``T``, ``T_scale``, ``R`` and ``R_scale`` (``beta_T``).
+    variance: decay of ``V`` (``beta_V``).
+    grad_variance: decay of ``S`` (``beta_S``).
+    reference: decay of ``V*`` and ``S*`` (``beta_star``).
+    mode: ``"debiased"`` (zero-initialised EMA, Adam's bias correction) or
+      ``"reference"`` (the reference code's EMA, for parity).
+    loss_limit: losses are clamped to ``±loss_limit``; a non-finite loss is
+      replaced by ``loss_limit``.
+    variance_clip: the loss deviation is clamped to this before squaring.
+  """
+
+  loss_mean: Any = 0.98
+  trend: Any = 0.90
+  variance: Any = 0.95
+  grad_variance: Any = 0.95
+  reference: Any = 0.99
+  mode: str = "debiased"
+  loss_limit: float = 1e8
+  variance_clip: float = 1e6
+
+
+_TINY = 1e-12
+
+
+def controller_dtype() -> jnp.dtype:
+  """Dtype of coefficient and signal state: float64 under x64, else float32.
+
+  Never lower than float32, whatever the parameters' dtype (bfloat16 models
+  keep their coefficients in float32).
+  """
+  return jnp.result_type(float)
+
+
+def validate_filter_config(config: FilterConfig) -> None:
+  """Raises ValueError naming the first invalid field of ``config``."""
+  if config.mode not in FILTER_MODES:
+    raise ValueError(
+        f"FilterConfig.mode must be one of {FILTER_MODES}, got {config.mode!r}")
+  for field in ("loss_mean", "trend", "variance", "grad_variance",
+                "reference"):
+    value = getattr(config, field)
+    if isinstance(value, jax.core.Tracer):
+      continue
+    if not 0.0 <= float(value) < 1.0:
+      raise ValueError(
+          f"FilterConfig.{field} is a decay and must lie in [0, 1), got "
+          f"{value!r}")
+  for field in ("loss_limit", "variance_clip"):
+    if not float(getattr(config, field)) > 0.0:
+      raise ValueError(f"FilterConfig.{field} must be positive")
+
+
+def init_filters(dtype=None) -> FilterState:
+  """Returns zeroed filter accumulators."""
+  dtype = dtype or controller_dtype()
+  zero = jnp.zeros([], dtype)
+  return FilterState(count=jnp.zeros([], jnp.int32), prev_loss=zero,
+                     prev_reward=zero, loss_mean=zero, T=zero, T_scale=zero,
+                     V=zero, R=zero, R_scale=zero, S=zero, V_star=zero,
+                     S_star=zero)
+
+
+def init_signals(dtype=None) -> Signals:
+  """Returns the signals reported before the first step (all zero)."""
+  dtype = dtype or controller_dtype()
+  return Signals(*([jnp.zeros([], dtype)] * len(Signals._fields)))
+
+
+def ema(moment, sample, decay, count, mode: str):
+  """One step of a scalar EMA; returns ``(new_moment, estimate)``.
+
+  Args:
+    moment: the accumulator.
+    sample: the new sample.
+    decay: the EMA decay ``β``.
+    count: number of samples already folded in (before ``sample``).
+    mode: ``"debiased"`` or ``"reference"``, see :class:`FilterConfig`.
+  """
+  t = count + 1
+  if mode == "debiased":
+    moment = optax.tree.update_moment(sample, moment, decay, order=1)
+    return moment, optax.tree.bias_correction(moment, decay, t)
+  # The reference seeds the accumulator with the first sample, then divides
+  # by (1 - β^t) anyway (its estimate of a constant c at t = 2 is
+  # c / (1 - β²)). Kept exactly so reference_agent can match it.
+  first = count == 0
+  moment = jnp.where(first, sample, decay * moment + (1.0 - decay) * sample)
+  correction = jnp.maximum(1.0 - decay**t.astype(moment.dtype), 1e-12)
+  return moment, jnp.where(first, sample, moment / correction)
+
+
+def _sum(tree, fn, dtype) -> jax.Array:
+  leaves = jax.tree.leaves(tree)
+  return sum((jnp.sum(fn(x).astype(dtype)) for x in leaves),
+             jnp.zeros([], dtype))
+
+
+def gradient_stats(grads, reference=None, dtype=None) -> GradStats:
+  """Global reductions of ``grads`` over all leaves.
+
+  Args:
+    grads: gradient pytree (any float dtype; accumulated in ``dtype``).
+    reference: phase reference with the structure of ``grads`` (the base's
+      momentum or the previous gradient), or None (``ρ`` is then 0).
+    dtype: accumulation dtype, :func:`controller_dtype` by default.
+  """
+  dtype = dtype or controller_dtype()
+  size = sum(x.size for x in jax.tree.leaves(grads))
+  up = lambda x: x.astype(dtype)
+  total = _sum(grads, up, dtype)
+  sumsq = _sum(grads, lambda x: jnp.square(up(x)), dtype)
+  if reference is None:
+    dot = ref_sumsq = jnp.zeros([], dtype)
+  else:
+    products = jax.tree.map(lambda g, m: up(g) * up(m), grads, reference)
+    dot = _sum(products, lambda x: x, dtype)
+    ref_sumsq = _sum(reference, lambda x: jnp.square(up(x)), dtype)
+  return GradStats(jnp.asarray(size, dtype), total, sumsq, dot, ref_sumsq)
+
+
+def safe_sqrt(x):
+  """``sqrt`` with a finite derivative at 0 (0 there), for meta-gradients."""
+  positive = x > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+
+
+def sanitize_loss(loss, limit: float):
+  """Replaces a non-finite loss by ``limit`` and clamps to ``±limit``."""
+  loss = jnp.where(jnp.isfinite(loss), loss, limit)
+  return jnp.clip(loss, -limit, limit)
+
+
+def measure(state: FilterState, config: FilterConfig, loss, stats: GradStats,
+            reward=None) -> tuple[Signals, FilterState]:
+  """Folds one step's observables into the filters (AE-1).
+
+  Args:
+    state: the filter accumulators.
+    config: the filter decays.
+    loss: scalar loss of this step (may be non-finite: it is sanitised).
+    stats: :func:`gradient_stats` of this step's (sanitised) gradient.
+    reward: optional scalar reward.
+
+  Returns:
+    ``(signals, new_state)``. ``signals.gamma`` and ``signals.brake`` are
+    left at 0 for the controller to fill in.
+  """
+  dtype = state.loss_mean.dtype
+  mode = config.mode
+  count = state.count
+  first = count == 0
+  loss = sanitize_loss(jnp.asarray(loss, dtype), config.loss_limit)
+
+  loss_mean, loss_mean_hat = ema(state.loss_mean, loss, config.loss_mean,
+                                 count, mode)
+  delta = jnp.where(first, 0.0, loss - state.prev_loss)
+  t_acc, trend = ema(state.T, delta, config.trend, count, mode)
+  ts_acc, trend_scale = ema(state.T_scale, jnp.abs(delta), config.trend,
+                            count, mode)
+
+  deviation = loss - loss_mean_hat
+  deviation = jnp.clip(jnp.where(jnp.isfinite(deviation), deviation, 0.0),
+                       -config.variance_clip, config.variance_clip)
+  v_acc, variance = ema(state.V, deviation * deviation + _TINY,
+                        config.variance, count, mode)
+
+  if reward is None:
+    reward_now = state.prev_reward
+    r_delta = jnp.zeros([], dtype)
+  else:
+    reward_now = sanitize_loss(jnp.asarray(reward, dtype), config.loss_limit)
+    r_delta = jnp.where(first, 0.0, reward_now - state.prev_reward)
+  r_acc, reward_trend = ema(state.R, r_delta, config.trend, count, mode)
+  rs_acc, reward_scale = ema(state.R_scale, jnp.abs(r_delta), config.trend,
+                             count, mode)
+
+  size = jnp.maximum(stats.size, 1.0)
+  gmean = stats.sum / size
+  gvar = jnp.maximum(stats.sumsq / size - gmean * gmean, 0.0)
+  s_acc, grad_var = ema(state.S, gvar + _TINY, config.grad_variance, count,
+                        mode)
+  gnorm = safe_sqrt(stats.sumsq) + _TINY
+  ref_norm = safe_sqrt(stats.ref_sumsq)
+  rho = jnp.where(
+      ref_norm > 0,
+      jnp.clip(stats.dot / (gnorm * (ref_norm + _TINY)), -1.0, 1.0), 0.0)
+
+  vs_acc, v_star = ema(state.V_star, variance, config.reference, count, mode)
+  ss_acc, s_star = ema(state.S_star, grad_var, config.reference, count, mode)
+  v_star = jnp.maximum(v_star, _TINY)
+  s_star = jnp.maximum(s_star, _TINY)
+
+  zero = jnp.zeros([], dtype)
+  signals = Signals(loss=loss, loss_mean=loss_mean_hat, T=trend, T_scale=trend_scale, V=variance,
+                    R=reward_trend, R_scale=reward_scale, rho=rho, S=grad_var,
+                    V_star=v_star, S_star=s_star, gnorm=gnorm, gamma=zero,
+                    brake=zero)
+  new_state = FilterState(
+      count=optax.safe_increment(count), prev_loss=loss,
+      prev_reward=reward_now, loss_mean=loss_mean, T=t_acc, T_scale=ts_acc,
+      V=v_acc, R=r_acc, R_scale=rs_acc, S=s_acc, V_star=vs_acc,
+      S_star=ss_acc)
+  return signals, new_state

@@ -1,0 +1,300 @@
+"""Canonical AE optimizers (theory section 6): AE-SGDm, AE-Adam, AE-AdamW.
+
+Each preset is :func:`ae_jax.adapt` around an ``inject_hyperparams`` base with
+the canonical laws of :func:`canonical_laws`:
+
+* α (``learning_rate``) rises with progress and phase alignment, falls with
+  loss variance, is held to the effective step γ* by the gauge and shrunk on
+  oscillation by the resonance clamp;
+* β / β1 (``momentum``, ``b1``) tracks ρ (``tanh(ρ - ρ*)``);
+* β2 (``b2``) rises with the loss variance V;
+* ε (``eps``) grows with instability and relaxes with step quality;
+* λ (``weight_decay``) is carried with its leak only (the theory gives it no
+  drive);
+* σ (``sigma``) follows the noise law AE-4 when started above 0; at 0 (the
+  default, as in the reference) it stays 0 and no noise is drawn.
+
+``docs/laws.md`` lists every default and where it departs from the
+reference implementation, with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ae_jax import laws
+from ae_jax.adapt import adapt
+from ae_jax.coefficient import Coefficient
+from ae_jax.controller import Brake
+from ae_jax.measurement import FilterConfig
+
+LEARNING_RATE = "learning_rate"
+SIGMA = "sigma"
+
+# Canonical drive rows, by coefficient name (see docs/laws.md).
+CANONICAL_DRIVE = {
+    "learning_rate": laws.DriveGains(progress=1.0, variance=1.0, phase=0.5,
+                                     leak=0.01),
+    "momentum": laws.DriveGains(phase_tanh=0.8, variance=0.6, leak=0.05),
+    "b1": laws.DriveGains(phase_tanh=0.5, variance=0.3, leak=0.05),
+    "b2": laws.DriveGains(variance=-0.5, leak=0.05),
+    "eps": laws.DriveGains(variance=-0.5, phase=-0.5, leak=0.05),
+    "weight_decay": laws.DriveGains(leak=0.05),
+}
+# Canonical meta-steps η (per step, in z units).
+CANONICAL_ETA = {
+    "learning_rate": 0.01, "momentum": 0.01, "b1": 0.01, "b2": 0.01,
+    "eps": 0.01, "weight_decay": 0.01, "sigma": 0.01,
+}
+# Canonical trust region |Δz| per step (AE-6).
+CANONICAL_MAX_STEP = {
+    "learning_rate": 0.1, "momentum": 0.02, "b1": 0.05, "b2": 0.05,
+    "eps": 0.1, "weight_decay": 0.05, "sigma": 0.1,
+}
+# AE-7: a mild negative α ↔ β coupling (the theory's prediction 1).
+CANONICAL_COUPLING = -0.1
+
+
+def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
+                   noise: bool = True, resonance: bool = True,
+                   budget: bool = True, gauge: bool = True,
+                   coupling: bool = True, drive: bool = True,
+                   gauge_warmup: int = 50,
+                   gains: Mapping[str, laws.DriveGains] | None = None,
+                   eta: Mapping[str, float] | None = None,
+                   ) -> optax.GradientTransformationExtraArgs:
+  """The canonical law chain for the coefficients ``names``.
+
+  Every keyword flag removes one law (the knock-outs of experiment 18).
+
+  Args:
+    names: the adapted coefficients.
+    step_size: the coefficient that plays α.
+    noise: AE-4 on ``sigma`` (only if ``sigma`` is in ``names``).
+    resonance: AE-5.
+    budget: AE-6.
+    gauge: AE-8.
+    coupling: AE-7 (only if α and a momentum-like coefficient are present).
+    drive: AE-2 (without it only gauge, budget and resonance act).
+    gauge_warmup: steps before the gauge calibrates γ*.
+    gains: overrides of :data:`CANONICAL_DRIVE` rows.
+    eta: overrides of :data:`CANONICAL_ETA`.
+  """
+  names = list(names)
+  rows = dict(CANONICAL_DRIVE, **(gains or {}))
+  steps = dict(CANONICAL_ETA, **(eta or {}))
+  chain = []
+  if drive:
+    chain.append(laws.drive({n: rows[n] for n in names if n in rows}))
+  if noise and SIGMA in names:
+    chain.append(laws.noise(SIGMA))
+  momentum_like = [n for n in ("momentum", "b1") if n in names]
+  if coupling and step_size in names and momentum_like:
+    pair = [step_size, momentum_like[0]]
+    chain.append(laws.coupling(
+        [[0.0, CANONICAL_COUPLING], [CANONICAL_COUPLING, 0.0]], pair))
+  chain.append(laws.evolve({n: steps[n] for n in names if n in steps}))
+  if gauge and step_size in names:
+    chain.append(laws.gauge(step_size, eta=1e-2, warmup=gauge_warmup,
+                            calibration=1.0))
+  if budget:
+    chain.append(laws.budget(
+        {n: CANONICAL_MAX_STEP[n] for n in names if n in CANONICAL_MAX_STEP},
+        bound=0.02, eta_dual=1.0))
+  if resonance and step_size in names:
+    chain.append(laws.resonance(step_size))
+  return optax.chain(*chain)
+
+
+def _float32_at_least(tree) -> jnp.dtype:
+  dtype = optax.tree.dtype(tree, "highest") if jax.tree.leaves(tree) else None
+  if dtype is None or jnp.finfo(dtype).bits < 32:
+    return jnp.float32
+  return dtype
+
+
+def injected(factory, **hyperparams) -> optax.GradientTransformationExtraArgs:
+  """``optax.inject_hyperparams(factory)(**hyperparams)`` whose hyperparameters
+  are never held below float32 (bfloat16 parameters would otherwise round
+  β2 = 0.999 to 1)."""
+
+  def build(tree):
+    return optax.inject_hyperparams(
+        factory, hyperparam_dtype=_float32_at_least(tree))(**hyperparams)
+
+  def init_fn(params):
+    return build(params).init(params)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    return build(updates).update(updates, state, params, **extra_args)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def ema_sgd(learning_rate, momentum=0.0) -> optax.GradientTransformation:
+  """SGD with EMA ("dampened") momentum, the reference's base optimizer.
+
+  .. math:: m_t = \\mu m_{t-1} + (1-\\mu) g_t,\\qquad \\Delta\\theta = -\\alpha m_t
+
+  Unlike ``optax.sgd``'s heavy-ball trace, changing μ leaves the effective
+  step α unchanged, so AE can move μ without moving the step size.
+  """
+  return optax.chain(optax.ema(momentum, debias=False),
+                     optax.scale_by_learning_rate(learning_rate))
+
+
+def _specs(spec_args: Mapping[str, tuple]) -> list[Coefficient]:
+  return [Coefficient(name, *args) for name, args in spec_args.items()]
+
+
+def _lr_spec(learning_rate, bounds):
+  lo, hi = bounds if bounds is not None else (learning_rate * 1e-3,
+                                              learning_rate * 1e2)
+  return Coefficient(LEARNING_RATE, learning_rate, lo, hi, None, "log")
+
+
+def _sigma_spec(sigma, bounds):
+  if sigma == 0:
+    # σ = 0 is a fixed point of the multiplicative law: noise stays off.
+    return Coefficient(SIGMA, 0.0, 0.0, 0.0, None, "linear")
+  lo, hi = bounds if bounds is not None else (sigma * 1e-3, sigma * 1e2)
+  return Coefficient(SIGMA, sigma, lo, hi, None, "log")
+
+
+def _check_positive(**values):
+  for name, value in values.items():
+    if not isinstance(value, jax.core.Tracer) and not float(value) > 0:
+      raise ValueError(f"{name} must be positive, got {value}")
+
+
+def _finish(inner, specs, laws_chain, *, delayed, seed, momentum="auto"):
+  names = [c.name for c in specs]
+  cap = {n: 0.5 for n in ("momentum", "b1") if n in names}
+  return adapt(inner, specs, laws_chain,
+               brake=Brake(scale={LEARNING_RATE: 0.1}, cap=cap),
+               filters=FilterConfig(), delayed=delayed, seed=seed,
+               momentum=momentum)
+
+
+def ae_sgdm(learning_rate: float = 1e-2, momentum: float = 0.9, *,
+            sigma: float = 0.0, learning_rate_bounds=None,
+            momentum_bounds=(0.0, 0.99), sigma_bounds=None,
+            laws_chain=None, delayed: bool = True, seed: int = 0,
+            ) -> optax.GradientTransformationExtraArgs:
+  """AE-SGDm: SGD with EMA momentum whose α, β (``momentum``) and σ evolve.
+
+  .. math::
+
+    \\log\\alpha_{t+1} = \\log\\alpha_t + \\eta_a\\big(k_1\\tanh(-T_t/\\tau)
+      - k_2\\,\\phi_V + k_3(\\rho_t-\\rho^\\star)
+      - \\gamma_\\alpha(\\log\\alpha_t-\\log\\bar\\alpha)\\big) + \\text{gauge}
+
+    \\beta_{t+1} = \\Pi\\big(\\beta_t + \\eta_b(b_1\\tanh(\\rho_t-\\rho^\\star)
+      - b_2\\,\\phi_V - \\gamma_\\beta(\\beta_t-\\bar\\beta))\\big)
+
+  Args:
+    learning_rate: initial α.
+    momentum: initial β (EMA momentum, see :func:`ema_sgd`).
+    sigma: initial parameter-noise σ (0: no noise).
+    learning_rate_bounds: Ω for α (default: 1e-3 α₀ to 1e2 α₀).
+    momentum_bounds: Ω for β.
+    sigma_bounds: Ω for σ when σ > 0 (default: 1e-3 σ₀ to 1e2 σ₀).
+    laws_chain: replaces :func:`canonical_laws` (e.g. for a knock-out).
+    delayed: see :func:`ae_jax.adapt`.
+    seed: noise seed.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``value=``.
+  """
+  _check_positive(learning_rate=learning_rate)
+  inner = injected(ema_sgd, learning_rate=learning_rate, momentum=momentum)
+  specs = [_lr_spec(learning_rate, learning_rate_bounds),
+           Coefficient("momentum", momentum, *momentum_bounds, 0.9
+                       if momentum_bounds[0] <= 0.9 <= momentum_bounds[1]
+                       else None, "linear"),
+           _sigma_spec(sigma, sigma_bounds)]
+  chain = laws_chain or canonical_laws([c.name for c in specs])
+  return _finish(inner, specs, chain, delayed=delayed, seed=seed)
+
+
+def _adam_specs(learning_rate, b1, b2, eps, sigma, learning_rate_bounds,
+                sigma_bounds):
+  _check_positive(learning_rate=learning_rate, eps=eps)
+  for name, beta in (("b1", b1), ("b2", b2)):
+    if not 0.0 < float(beta) < 1.0:
+      raise ValueError(f"{name} must lie in (0, 1), got {beta}")
+  return [
+      _lr_spec(learning_rate, learning_rate_bounds),
+      Coefficient("b1", b1, 0.0, 0.999, None, "logit"),
+      Coefficient("b2", b2, min(0.9, b2), max(0.99999, b2 + 1e-6) if b2 < 1
+                  else b2, None, "logit"),
+      Coefficient("eps", eps, eps * 1e-2, max(eps * 1e4, 1e-6), None, "log"),
+      _sigma_spec(sigma, sigma_bounds),
+  ]
+
+
+def ae_adam(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
+            eps: float = 1e-8, *, sigma: float = 0.0,
+            learning_rate_bounds=None, sigma_bounds=None, laws_chain=None,
+            delayed: bool = True, seed: int = 0,
+            ) -> optax.GradientTransformationExtraArgs:
+  """AE-Adam: Adam whose α, β1, β2, ε and σ evolve (theory section 6).
+
+  β1 tracks ρ, β2 rises with V, ε grows with instability and relaxes with
+  quality; α follows the AE-SGDm law, the gauge and the resonance clamp.
+
+  Args:
+    learning_rate: initial α.
+    b1: initial β1.
+    b2: initial β2.
+    eps: initial ε.
+    sigma: initial parameter-noise σ (0: no noise).
+    learning_rate_bounds: Ω for α (default: 1e-3 α₀ to 1e2 α₀).
+    sigma_bounds: Ω for σ when σ > 0.
+    laws_chain: replaces :func:`canonical_laws`.
+    delayed: see :func:`ae_jax.adapt`.
+    seed: noise seed.
+  """
+  specs = _adam_specs(learning_rate, b1, b2, eps, sigma,
+                      learning_rate_bounds, sigma_bounds)
+  inner = injected(optax.adam, learning_rate=learning_rate, b1=b1, b2=b2,
+                   eps=eps)
+  chain = laws_chain or canonical_laws([c.name for c in specs])
+  return _finish(inner, specs, chain, delayed=delayed, seed=seed)
+
+
+def ae_adamw(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
+             eps: float = 1e-8, weight_decay: float = 1e-4, *,
+             sigma: float = 0.0, learning_rate_bounds=None,
+             sigma_bounds=None, laws_chain=None, delayed: bool = True,
+             seed: int = 0) -> optax.GradientTransformationExtraArgs:
+  """AE-AdamW: AdamW whose α, β1, β2, ε, λ and σ evolve (theory section 6).
+
+  Args:
+    learning_rate: initial α.
+    b1: initial β1.
+    b2: initial β2.
+    eps: initial ε.
+    weight_decay: initial λ (decoupled, as in ``optax.adamw``).
+    sigma: initial parameter-noise σ (0: no noise).
+    learning_rate_bounds: Ω for α (default: 1e-3 α₀ to 1e2 α₀).
+    sigma_bounds: Ω for σ when σ > 0.
+    laws_chain: replaces :func:`canonical_laws`.
+    delayed: see :func:`ae_jax.adapt`.
+    seed: noise seed.
+  """
+  _check_positive(weight_decay=weight_decay)
+  specs = _adam_specs(learning_rate, b1, b2, eps, sigma,
+                      learning_rate_bounds, sigma_bounds)
+  specs.insert(4, Coefficient("weight_decay", weight_decay,
+                              weight_decay * 1e-2, weight_decay * 1e2, None,
+                              "log"))
+  inner = injected(optax.adamw, learning_rate=learning_rate, b1=b1, b2=b2,
+                   eps=eps, weight_decay=weight_decay)
+  chain = laws_chain or canonical_laws([c.name for c in specs])
+  return _finish(inner, specs, chain, delayed=delayed, seed=seed)
