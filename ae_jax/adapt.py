@@ -49,14 +49,17 @@ class AdaptState(NamedTuple):
     inner_state: the base optimizer's state; its ``hyperparams`` hold the
       coefficients it will apply next.
     controller: the :class:`ae_jax.controller.ControllerState`.
-    prev_grad: the previous gradient, kept only when the base has no
-      momentum to measure ρ against (else ``()``).
-    key: PRNG key of the parameter noise ξ_t.
+    phase_ref: what ρ of the next step is measured against, when it cannot
+      be read from ``inner_state``: ``()`` when the base's momentum is read
+      directly; the previous gradient when the base has no momentum; with
+      sampled statistics, a :class:`ae_jax.measurement.PhaseSample` (blocks
+      of the momentum or gradient, a few thousand numbers).
+    key: PRNG key of the parameter noise ξ_t and the sampled statistics.
   """
 
   inner_state: Any
   controller: controller_lib.ControllerState
-  prev_grad: Any
+  phase_ref: Any
   key: chex.PRNGKey
 
 
@@ -118,7 +121,7 @@ def write_hyperparams(inner_state, values: dict):
     hps = dict(node.hyperparams)
     for name, value in values.items():
       if name in hps:
-        hps[name] = jnp.asarray(value).astype(jnp.asarray(hps[name]).dtype)
+        hps[name] = jnp.array(value, dtype=jnp.asarray(hps[name]).dtype)
     return node._replace(hyperparams=hps)
 
   return jax.tree.map(write, inner_state,
@@ -142,6 +145,7 @@ def adapt(inner: optax.GradientTransformation,
           momentum: str | None = "auto",
           delayed: bool = True,
           seed: int = 0,
+          stats_sample: int | None = None,
           energy_weight=0.05) -> optax.GradientTransformationExtraArgs:
   """Drives the hyperparameters of ``inner`` with the AE laws every step.
 
@@ -170,7 +174,10 @@ def adapt(inner: optax.GradientTransformation,
       found, measures ρ against the previous gradient, kept in the state.
     delayed: steer step t+1 with step t's statistics (fast, see module doc);
       ``False`` applies them at step t, as the reference does.
-    seed: seed of the noise key.
+    seed: seed of the PRNG key (noise ξ_t and sampled statistics).
+    stats_sample: for models with more parameters than this, estimate the
+      gradient statistics from about this many sampled elements (see
+      :func:`ae_jax.measurement.sampled_gradient_stats`); ``None`` is exact.
     energy_weight: weight of the leak term in the Lyapunov energy.
 
   Returns:
@@ -220,14 +227,37 @@ def adapt(inner: optax.GradientTransformation,
   momentum_field = _find_momentum_field(probe, momentum)
   grad_limit = (brake.grad_limit if brake is not None
                 else controller_lib.Brake().grad_limit)
+  # A σ held at a single value (σ = 0 by default) draws no noise at all.
   noise = noise if noise in names else None
+  if noise is not None:
+    sigma_spec = next(c for c in specs if c.name == noise)
+    if sigma_spec.lower == sigma_spec.upper == 0.0:
+      noise = None
+  if stats_sample is not None and not int(stats_sample) >= 1:
+    raise ValueError(f"adapt: stats_sample must be a positive element "
+                     f"count or None, got {stats_sample}")
+
+  def plan_for(tree):
+    return (None if stats_sample is None
+            else measurement.sample_plan(tree, int(stats_sample)))
 
   def init_fn(params):
     cstate = ctrl.init()
     inner_state = write_hyperparams(inner.init(params), cstate.values)
-    prev = () if momentum_field else jax.tree.map(jnp.zeros_like, params)
+    key = jax.random.PRNGKey(seed)
+    plan = plan_for(params)
+    if plan is not None:
+      starts = measurement.draw_starts(jax.random.fold_in(key, 1), params,
+                                       plan)
+      zeros = jax.tree.map(jnp.zeros_like, params)
+      phase_ref = measurement.PhaseSample(
+          starts, measurement.take_blocks(zeros, starts))
+    elif momentum_field:
+      phase_ref = ()
+    else:
+      phase_ref = jax.tree.map(jnp.zeros_like, params)
     return AdaptState(inner_state=inner_state, controller=cstate,
-                      prev_grad=prev, key=jax.random.PRNGKey(seed))
+                      phase_ref=phase_ref, key=key)
 
   def add_noise(updates, sigma, key):
     def noisy(u):
@@ -243,12 +273,18 @@ def adapt(inner: optax.GradientTransformation,
           "this ae_jax optimizer's update requires the loss as the keyword "
           "argument `value`, e.g. tx.update(grads, state, params, value=loss)")
     grads = sanitize(updates, grad_limit)
-    if momentum_field:
-      reference = _read_momentum(state.inner_state, momentum_field, grads)
+    dtype = state.controller.energy.dtype
+    key, stats_key, noise_key = jax.random.split(state.key, 3)
+    plan = plan_for(grads)
+    if plan is not None:
+      stats = measurement.sampled_gradient_stats(grads, state.phase_ref,
+                                                 dtype=dtype)
+    elif momentum_field:
+      stats = measurement.gradient_stats(
+          grads, _read_momentum(state.inner_state, momentum_field, grads),
+          dtype)
     else:
-      reference = state.prev_grad
-    stats = measurement.gradient_stats(
-        grads, reference, dtype=state.controller.energy.dtype)
+      stats = measurement.gradient_stats(grads, state.phase_ref, dtype)
     inner_update = optax.with_extra_args_support(inner).update
     extra_args = dict(extra_args, value=value)
     if reward is not None:
@@ -270,12 +306,19 @@ def adapt(inner: optax.GradientTransformation,
       updates, inner_state = inner_update(grads, inner_state, params,
                                           **extra_args)
 
-    key = state.key
     if noise is not None:
-      key, subkey = jax.random.split(key)
-      updates = add_noise(updates, applied[noise], subkey)
-    prev = () if momentum_field else grads
+      updates = add_noise(updates, applied[noise], noise_key)
+    if plan is not None:
+      # Blocks of this step's momentum (or gradient), read from the new
+      # state, for the next step's ρ.
+      new_ref = (_read_momentum(inner_state, momentum_field, grads)
+                 if momentum_field else grads)
+      starts = measurement.draw_starts(stats_key, grads, plan)
+      phase_ref = measurement.PhaseSample(
+          starts, measurement.take_blocks(new_ref, starts))
+    else:
+      phase_ref = () if momentum_field else grads
     return updates, AdaptState(inner_state=inner_state, controller=cstate,
-                               prev_grad=prev, key=key)
+                               phase_ref=phase_ref, key=key)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

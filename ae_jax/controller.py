@@ -184,7 +184,8 @@ def controller(coefficients: Sequence[Coefficient], laws, *,
     dtype = dtype or measurement.controller_dtype()
     z = {c.name: jnp.asarray(c.to_z(c.init), dtype) for c in specs}
     return ControllerState(
-        count=jnp.zeros([], jnp.int32), z=z, values=decode(specs, z),
+        count=jnp.zeros([], jnp.int32), z=z,
+        values=jax.tree.map(jnp.array, decode(specs, z)),  # own buffers
         filters=measurement.init_filters(dtype),
         signals=measurement.init_signals(dtype), laws=laws.init(z),
         energy=jnp.zeros([], dtype))

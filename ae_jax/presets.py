@@ -56,6 +56,10 @@ CANONICAL_MAX_STEP = {
     "learning_rate": 0.1, "momentum": 0.02, "b1": 0.05, "b2": 0.05,
     "eps": 0.1, "weight_decay": 0.05, "sigma": 0.1,
 }
+# Gradient statistics of models above this many parameters are estimated from
+# a random sample of this many elements (see measurement.gradient_stats).
+STATS_SAMPLE = 2**16
+
 # AE-7: a mild negative α ↔ β coupling (the theory's prediction 1).
 CANONICAL_COUPLING = -0.1
 
@@ -131,7 +135,11 @@ def injected(factory, **hyperparams) -> optax.GradientTransformationExtraArgs:
     return build(params).init(params)
 
   def update_fn(updates, state, params=None, **extra_args):
-    return build(updates).update(updates, state, params, **extra_args)
+    new_updates, new_state = build(updates).update(updates, state, params,
+                                                   **extra_args)
+    # float32 hyperparameters promote low-precision moments (optax's mu,
+    # ema); keep the state's dtypes fixed so it can be a lax.scan carry.
+    return new_updates, optax.tree.cast_like(new_state, state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -178,7 +186,7 @@ def _finish(inner, specs, laws_chain, *, delayed, seed, momentum="auto"):
   return adapt(inner, specs, laws_chain,
                brake=Brake(scale={LEARNING_RATE: 0.1}, cap=cap),
                filters=FilterConfig(), delayed=delayed, seed=seed,
-               momentum=momentum)
+               momentum=momentum, stats_sample=STATS_SAMPLE)
 
 
 def ae_sgdm(learning_rate: float = 1e-2, momentum: float = 0.9, *,

@@ -1,0 +1,133 @@
+"""Per-step cost and state memory of AE-AdamW against Optax peers (experiment 17).
+
+Times, in one run and interleaved round by round, the jitted step
+``update + apply_updates`` of
+
+* ``ae_jax.ae_adamw`` (the canonical preset, ``delayed=True``),
+* ``ae_jax.ae_adamw(delayed=False)`` (the reference's timing),
+* ``optax.adamw``,
+* ``optax.inject_hyperparams(optax.adamw)``,
+* ``optax.contrib.prodigy``,
+
+on parameter pytrees of 1M and 10M float32 entries, and prints each median
+per-step time with its ratio to ``optax.adamw``, the bytes of each state and
+how many parameter-sized buffers it holds.
+
+  JAX_PLATFORMS=cpu python benchmarks/overhead.py            # 1M and 10M
+  JAX_PLATFORMS=cpu python benchmarks/overhead.py --sizes 1e6 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import ae_jax as ae
+
+
+def make_params(total: int, leaves: int = 4, seed: int = 0):
+  """A dict of ``leaves`` 2-D float32 arrays with ``total`` entries in all."""
+  per = total // leaves
+  cols = 1000
+  rows = max(per // cols, 1)
+  keys = jax.random.split(jax.random.PRNGKey(seed), leaves)
+  return {f"w{i}": jax.random.normal(k, (rows, cols), jnp.float32) * 0.01
+          for i, k in enumerate(keys)}
+
+
+def optimizers(lr: float = 1e-3):
+  return {
+      "ae_adamw": (ae.ae_adamw(lr), True),
+      "ae_adamw(delayed=False)": (ae.ae_adamw(lr, delayed=False), True),
+      "optax.adamw": (optax.adamw(lr), False),
+      "inject_hyperparams(adamw)": (
+          optax.inject_hyperparams(optax.adamw)(learning_rate=lr), False),
+      "contrib.prodigy": (optax.contrib.prodigy(), False),
+  }
+
+
+def make_step(tx, needs_value: bool):
+  def step(params, state, grads, loss):
+    extra = {"value": loss} if needs_value else {}
+    updates, state = tx.update(grads, state, params, **extra)
+    return optax.apply_updates(params, updates), state
+
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+def state_report(state, params) -> tuple[int, int]:
+  """Bytes of ``state`` and the number of parameter-sized buffers in it."""
+  shapes = {x.shape for x in jax.tree.leaves(params)}
+  leaves = jax.tree.leaves(state)
+  nbytes = sum(x.size * x.dtype.itemsize for x in leaves)
+  param_sized = sum(1 for x in leaves if x.shape in shapes)
+  per_param = len(jax.tree.leaves(params))
+  return nbytes, param_sized // max(per_param, 1)
+
+
+def bench(total: int, rounds: int, calls: int) -> list[dict]:
+  params0 = make_params(total)
+  grads = jax.tree.map(lambda p: p * 0.1 + 1e-3, params0)
+  loss = jnp.float32(1.0)
+  runs = {}
+  for name, (tx, needs_value) in optimizers().items():
+    params = jax.tree.map(jnp.copy, params0)
+    # Own copies: prodigy's state holds the initial params themselves, and
+    # donating one buffer twice is an error.
+    state = jax.tree.map(jnp.copy, tx.init(params))
+    nbytes, copies = state_report(state, params)
+    step = make_step(tx, needs_value)
+    params, state = step(params, state, grads, loss)  # compile + warm up
+    jax.block_until_ready(params)
+    runs[name] = dict(step=step, params=params, state=state, times=[],
+                      nbytes=nbytes, copies=copies)
+  for _ in range(rounds):  # interleaved: every optimizer once per round
+    for name, r in runs.items():
+      start = time.perf_counter()
+      params, state = r["params"], r["state"]
+      for _ in range(calls):
+        params, state = r["step"](params, state, grads, loss)
+      jax.block_until_ready(params)
+      r["times"].append((time.perf_counter() - start) / calls)
+      r["params"], r["state"] = params, state
+  base = statistics.median(runs["optax.adamw"]["times"])
+  rows = []
+  for name, r in runs.items():
+    med = statistics.median(r["times"])
+    # Ratio per round against the same round's adamw: robust to drift.
+    ratios = [t / b for t, b in zip(r["times"], runs["optax.adamw"]["times"])]
+    rows.append(dict(size=total, optimizer=name, ms=med * 1e3,
+                     ratio=med / base, ratio_rounds=statistics.median(ratios),
+                     state_mb=r["nbytes"] / 2**20, param_copies=r["copies"]))
+  return rows
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--sizes", type=float, nargs="+", default=[1e6, 1e7])
+  parser.add_argument("--rounds", type=int, default=15)
+  parser.add_argument("--calls", type=int, default=5)
+  args = parser.parse_args(argv)
+  print(f"# {datetime.date.today()} | {platform.machine()} | "
+        f"{jax.devices()[0].device_kind} x{jax.device_count()} | jax "
+        f"{jax.__version__} | optax {optax.__version__}")
+  print(f"{'params':>8} | {'optimizer':<26} | {'ms/step':>8} | "
+        f"{'ratio':>6} | {'ratio/rd':>8} | {'state MB':>8} | param copies")
+  for size in args.sizes:
+    for row in bench(int(size), args.rounds, args.calls):
+      print(f"{row['size']:>8.0e} | {row['optimizer']:<26} | "
+            f"{row['ms']:>8.2f} | {row['ratio']:>6.3f} | "
+            f"{row['ratio_rounds']:>8.3f} | {row['state_mb']:>8.1f} | "
+            f"{row['param_copies']}")
+
+
+if __name__ == "__main__":
+  main()
