@@ -35,8 +35,8 @@ class Brake(NamedTuple):
   Attributes:
     loss_limit: brake when ``|loss|`` exceeds this, or the loss is not finite
       (``None``: never brake on the loss, as the reference in effect does).
-    grad_limit: brake when ``‖g‖`` exceeds this or is not finite. Infinite
-      gradient entries are also clipped to ``±grad_limit``.
+    grad_limit: brake when ``‖g‖`` reaches this or is not finite. Infinite
+      gradient entries are also clipped to ``±grad_limit`` (so they fire it).
     scale: ``name -> factor`` applied to those coefficients (floored at
       their lower bound).
     cap: ``name -> ceiling`` applied to those coefficients.
@@ -77,8 +77,10 @@ class Controller(NamedTuple):
     init: ``init(dtype=None) -> ControllerState``.
     update: ``update(grads, state, *, value, reward=None, reference=None)
       -> (values, state)``; ``grads`` may be None when there is no gradient.
-    step: ``step(state, loss, stats, reward=None) -> (values, state)``, the
-      same from precomputed :class:`ae_jax.measurement.GradStats`.
+    step: ``step(state, loss, stats, reward=None, step_norm=None) ->
+      (values, state)``, the same from precomputed
+      :class:`ae_jax.measurement.GradStats` (``step_norm``: ‖Δθ‖ of the
+      applied update, if known).
     specs: the resolved :class:`Coefficient` specs.
   """
 
@@ -194,12 +196,14 @@ def controller(coefficients: Sequence[Coefficient], laws, *,
   jax.eval_shape(init)
 
   def step(state: ControllerState, loss, stats: measurement.GradStats,
-           reward=None) -> tuple[dict, ControllerState]:
+           reward=None, step_norm=None) -> tuple[dict, ControllerState]:
     dtype = state.energy.dtype
     sig, filt = measurement.measure(state.filters, filters, loss, stats,
                                     reward)
     loss = jnp.asarray(loss, dtype)
-    fire = ~jnp.isfinite(sig.gnorm) | (sig.gnorm > brake.grad_limit)
+    # >=: an infinite entry is clipped to exactly grad_limit, so a lone
+    # ±inf among small entries gives ‖g‖ == grad_limit in float32.
+    fire = ~jnp.isfinite(sig.gnorm) | (sig.gnorm >= brake.grad_limit)
     if brake.loss_limit is not None:
       fire = fire | ~jnp.isfinite(loss) | (jnp.abs(loss) > brake.loss_limit)
     z = dict(state.z)
@@ -213,7 +217,10 @@ def controller(coefficients: Sequence[Coefficient], laws, *,
       if c.name in brake.scale or c.name in brake.cap:
         z[c.name] = jnp.where(fire, c.to_z(braked).astype(dtype), z[c.name])
     values = decode(specs, z)
-    sig = sig._replace(brake=fire.astype(dtype))
+    if step_norm is None:  # unknown: the theory's α‖g‖
+      step_norm = (values[step_size] if step_size else 1.0) * sig.gnorm
+    sig = sig._replace(brake=fire.astype(dtype),
+                       step_norm=jnp.asarray(step_norm, dtype))
 
     zeros = jax.tree.map(jnp.zeros_like, z)
     dz, law_state = laws.update(zeros, state.laws, z, signals=sig,

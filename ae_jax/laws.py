@@ -345,6 +345,7 @@ class GaugeState(NamedTuple):
 def gauge(coefficient: str = "learning_rate", *, eta=1e-3, target=None,
           warmup: int = 200, calibration=0.8, track_decay=0.99,
           fallback=None, filter_mode: str = "debiased",
+          effective: str = "gradient",
           ) -> optax.GradientTransformationExtraArgs:
   """AE-8, the gauge: steers the effective step γ = α‖g‖ toward γ*.
 
@@ -366,7 +367,16 @@ def gauge(coefficient: str = "learning_rate", *, eta=1e-3, target=None,
       which pulls α toward 1e-2/‖g‖ before anything is known of the problem.
     filter_mode: EMA flavour of the tracker, see
       :class:`ae_jax.measurement.FilterConfig`.
+    effective: what γ measures. ``"gradient"``: α‖g‖, the theory's
+      definition, right for SGD-like bases whose step scales with ‖g‖.
+      ``"update"``: ‖Δθ‖, the step the base actually applied (an Adam step
+      does not scale with ‖g‖, so α‖g‖ would push α up as the gradients
+      shrink); needs ``signals.step_norm`` (:func:`ae_jax.adapt` provides it
+      with ``delayed=True``, else it equals α‖g‖).
   """
+  if effective not in ("gradient", "update"):
+    raise ValueError(f"ae_jax.laws.gauge: effective must be 'gradient' or "
+                     f"'update', got {effective!r}")
   if target is not None and not isinstance(target, jax.core.Tracer):
     if not float(target) > 0:
       raise ValueError(f"ae_jax.laws.gauge: target must be positive, got "
@@ -386,7 +396,10 @@ def gauge(coefficient: str = "learning_rate", *, eta=1e-3, target=None,
                 **extra_args):
     del params, extra_args
     alpha = coefficients[coefficient]
-    gamma = jnp.abs(alpha * signals.gnorm)
+    if effective == "update":
+      gamma = signals.step_norm
+    else:
+      gamma = jnp.abs(alpha * signals.gnorm)
     track, tracked = measurement.ema(state.track, gamma, track_decay,
                                      state.count, filter_mode)
     count = optax.safe_increment(state.count)
@@ -402,8 +415,7 @@ def gauge(coefficient: str = "learning_rate", *, eta=1e-3, target=None,
       ready = jnp.ones_like(ready)
     else:
       active_target = jnp.where(ready, gamma_star, 1.0)
-    step = eta * (active_target - alpha * signals.gnorm) / (
-        active_target + _TINY)
+    step = eta * (active_target - gamma) / (active_target + _TINY)
     updates = _add(updates, coefficient, jnp.where(ready, step, 0.0))
     return updates, GaugeState(count=count, track=track, target=gamma_star)
 

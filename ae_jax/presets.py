@@ -68,7 +68,7 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
                    noise: bool = True, resonance: bool = True,
                    budget: bool = True, gauge: bool = True,
                    coupling: bool = True, drive: bool = True,
-                   gauge_warmup: int = 50,
+                   gauge_warmup: int = 50, gauge_effective: str = "gradient",
                    gains: Mapping[str, laws.DriveGains] | None = None,
                    eta: Mapping[str, float] | None = None,
                    ) -> optax.GradientTransformationExtraArgs:
@@ -86,6 +86,8 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
     coupling: AE-7 (only if α and a momentum-like coefficient are present).
     drive: AE-2 (without it only gauge, budget and resonance act).
     gauge_warmup: steps before the gauge calibrates γ*.
+    gauge_effective: ``"gradient"`` (γ = α‖g‖) or ``"update"`` (γ = ‖Δθ‖,
+      for preconditioned bases such as Adam), see :func:`ae_jax.laws.gauge`.
     gains: overrides of :data:`CANONICAL_DRIVE` rows.
     eta: overrides of :data:`CANONICAL_ETA`.
   """
@@ -105,7 +107,7 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
   chain.append(laws.evolve({n: steps[n] for n in names if n in steps}))
   if gauge and step_size in names:
     chain.append(laws.gauge(step_size, eta=1e-2, warmup=gauge_warmup,
-                            calibration=1.0))
+                            calibration=1.0, effective=gauge_effective))
   if budget:
     chain.append(laws.budget(
         {n: CANONICAL_MAX_STEP[n] for n in names if n in CANONICAL_MAX_STEP},
@@ -162,7 +164,7 @@ def _specs(spec_args: Mapping[str, tuple]) -> list[Coefficient]:
 
 def _lr_spec(learning_rate, bounds):
   lo, hi = bounds if bounds is not None else (learning_rate * 1e-3,
-                                              learning_rate * 1e2)
+                                              learning_rate * 1e1)
   return Coefficient(LEARNING_RATE, learning_rate, lo, hi, None, "log")
 
 
@@ -209,7 +211,7 @@ def ae_sgdm(learning_rate: float = 1e-2, momentum: float = 0.9, *,
     learning_rate: initial α.
     momentum: initial β (EMA momentum, see :func:`ema_sgd`).
     sigma: initial parameter-noise σ (0: no noise).
-    learning_rate_bounds: Ω for α (default: 1e-3 α₀ to 1e2 α₀).
+    learning_rate_bounds: Ω for α (default: 1e-3 α₀ to 10 α₀).
     momentum_bounds: Ω for β.
     sigma_bounds: Ω for σ when σ > 0 (default: 1e-3 σ₀ to 1e2 σ₀).
     laws_chain: replaces :func:`canonical_laws` (e.g. for a knock-out).
@@ -262,7 +264,7 @@ def ae_adam(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
     b2: initial β2.
     eps: initial ε.
     sigma: initial parameter-noise σ (0: no noise).
-    learning_rate_bounds: Ω for α (default: 1e-3 α₀ to 1e2 α₀).
+    learning_rate_bounds: Ω for α (default: 1e-3 α₀ to 10 α₀).
     sigma_bounds: Ω for σ when σ > 0.
     laws_chain: replaces :func:`canonical_laws`.
     delayed: see :func:`ae_jax.adapt`.
@@ -272,7 +274,8 @@ def ae_adam(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
                       learning_rate_bounds, sigma_bounds)
   inner = injected(optax.adam, learning_rate=learning_rate, b1=b1, b2=b2,
                    eps=eps)
-  chain = laws_chain or canonical_laws([c.name for c in specs])
+  chain = laws_chain or canonical_laws([c.name for c in specs],
+                                       gauge_effective="update")
   return _finish(inner, specs, chain, delayed=delayed, seed=seed)
 
 
@@ -290,7 +293,7 @@ def ae_adamw(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
     eps: initial ε.
     weight_decay: initial λ (decoupled, as in ``optax.adamw``).
     sigma: initial parameter-noise σ (0: no noise).
-    learning_rate_bounds: Ω for α (default: 1e-3 α₀ to 1e2 α₀).
+    learning_rate_bounds: Ω for α (default: 1e-3 α₀ to 10 α₀).
     sigma_bounds: Ω for σ when σ > 0.
     laws_chain: replaces :func:`canonical_laws`.
     delayed: see :func:`ae_jax.adapt`.
@@ -304,5 +307,6 @@ def ae_adamw(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
                               "log"))
   inner = injected(optax.adamw, learning_rate=learning_rate, b1=b1, b2=b2,
                    eps=eps, weight_decay=weight_decay)
-  chain = laws_chain or canonical_laws([c.name for c in specs])
+  chain = laws_chain or canonical_laws([c.name for c in specs],
+                                       gauge_effective="update")
   return _finish(inner, specs, chain, delayed=delayed, seed=seed)
