@@ -9,9 +9,9 @@ Times, in one run and interleaved round by round, the jitted step
 * ``optax.inject_hyperparams(optax.adamw)``,
 * ``optax.contrib.prodigy``,
 
-on parameter pytrees of 1M and 10M float32 entries, and prints each median
-per-step time with its ratio to ``optax.adamw``, the bytes of each state and
-how many parameter-sized buffers it holds.
+on parameter pytrees of 1M and 10M float32 entries, and prints, as a markdown table, each median per-step time with its ratio to
+``optax.adamw``, the bytes of each state and how many parameter-sized
+buffers (copies of the parameters) it holds.
 
   JAX_PLATFORMS=cpu python benchmarks/overhead.py            # 1M and 10M
   JAX_PLATFORMS=cpu python benchmarks/overhead.py --sizes 1e6 --rounds 5
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import statistics
 import time
@@ -116,17 +117,18 @@ def main(argv=None):
   parser.add_argument("--rounds", type=int, default=15)
   parser.add_argument("--calls", type=int, default=5)
   args = parser.parse_args(argv)
-  print(f"# {datetime.date.today()} | {platform.machine()} | "
-        f"{jax.devices()[0].device_kind} x{jax.device_count()} | jax "
-        f"{jax.__version__} | optax {optax.__version__}")
-  print(f"{'params':>8} | {'optimizer':<26} | {'ms/step':>8} | "
-        f"{'ratio':>6} | {'ratio/rd':>8} | {'state MB':>8} | param copies")
+  print(f"{datetime.date.today()} | {platform.machine()}, "
+        f"{os.cpu_count()} cores | {jax.devices()[0].device_kind} | jax "
+        f"{jax.__version__} | optax {optax.__version__} | rounds "
+        f"{args.rounds} x {args.calls} calls\n")
+  print("| params | optimizer | ms/step (median) | ratio to adamw | "
+        "ratio per round (median) | state MB | parameter-sized buffers |")
+  print("| --- | --- | --- | --- | --- | --- | --- |")
   for size in args.sizes:
     for row in bench(int(size), args.rounds, args.calls):
-      print(f"{row['size']:>8.0e} | {row['optimizer']:<26} | "
-            f"{row['ms']:>8.2f} | {row['ratio']:>6.3f} | "
-            f"{row['ratio_rounds']:>8.3f} | {row['state_mb']:>8.1f} | "
-            f"{row['param_copies']}")
+      print(f"| {row['size']:.0e} | {row['optimizer']} | {row['ms']:.2f} | "
+            f"{row['ratio']:.3f} | {row['ratio_rounds']:.3f} | "
+            f"{row['state_mb']:.1f} | {row['param_copies']} |")
 
 
 if __name__ == "__main__":
