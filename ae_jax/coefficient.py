@@ -139,6 +139,15 @@ class Coefficient:
     return self.lower, self.upper
 
 
+def check_positive(where: str, **values) -> None:
+  """Raises ValueError naming the first non-positive value (tracers pass)."""
+  for name, value in values.items():
+    if value is None or isinstance(value, jax.core.Tracer):
+      continue
+    if not float(value) > 0:
+      raise ValueError(f"{where}{name} must be positive, got {value}")
+
+
 def as_specs(coefficients: Sequence[Coefficient | str] | Mapping | Coefficient,
              ) -> tuple[Coefficient | str, ...]:
   """Normalises the ``coefficients`` argument of the controller and adapt."""

@@ -187,7 +187,9 @@ def controller(coefficients: Sequence[Coefficient], laws, *,
     z = {c.name: jnp.asarray(c.to_z(c.init), dtype) for c in specs}
     return ControllerState(
         count=jnp.zeros([], jnp.int32), z=z,
-        values=jax.tree.map(jnp.array, decode(specs, z)),  # own buffers
+        # The exact initial values, not decode(z) (a logit round trip turns
+        # 0.9 into 0.8999999 in float32).
+        values={c.name: jnp.array(c.init, dtype) for c in specs},
         filters=measurement.init_filters(dtype),
         signals=measurement.init_signals(dtype), laws=laws.init(z),
         energy=jnp.zeros([], dtype))
@@ -258,15 +260,25 @@ def _find(state, cls):
   return found[0]
 
 
+def _boxed(x) -> bool:
+  # Flax NNX wraps optimizer-state leaves in Variables. flax >= 0.12
+  # deprecates their ``.value`` (a warning on every access, even hasattr),
+  # so look for ``get_value`` on the type first.
+  return not isinstance(x, jax.Array) and (
+      callable(getattr(type(x), "get_value", None)) or hasattr(x, "value"))
+
+
 def _unbox(x):
-  # Flax NNX wraps optimizer-state leaves in Variables.
-  return x.value if hasattr(x, "value") and not isinstance(x, jax.Array) else x
+  if not _boxed(x):
+    return x
+  if callable(getattr(type(x), "get_value", None)):
+    return x.get_value()
+  return x.value
 
 
 def coefficients(state) -> dict[str, jax.Array]:
   """The current coefficient values, by name, from any state holding a controller."""
-  found = _find(jax.tree.map(_unbox, state, is_leaf=lambda x: hasattr(
-      x, "value") and not isinstance(x, jax.Array)), ControllerState)
+  found = _find(jax.tree.map(_unbox, state, is_leaf=_boxed), ControllerState)
   return dict(found.values)
 
 
@@ -274,8 +286,7 @@ def signals(state) -> dict[str, jax.Array]:
   """The last step's signals (``'T'``, ``'V'``, ``'R'``, ``'rho'``, ``'S'``,
   ``'gamma'``, ...) and the Lyapunov ``'energy'``, from any state holding a
   controller."""
-  found = _find(jax.tree.map(_unbox, state, is_leaf=lambda x: hasattr(
-      x, "value") and not isinstance(x, jax.Array)), ControllerState)
+  found = _find(jax.tree.map(_unbox, state, is_leaf=_boxed), ControllerState)
   out = found.signals._asdict()
   out["energy"] = found.energy
   return out

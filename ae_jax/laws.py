@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import optax
 
 from ae_jax import measurement
+from ae_jax.coefficient import check_positive
 
 _TINY = 1e-12
 
@@ -377,10 +378,7 @@ def gauge(coefficient: str = "learning_rate", *, eta=1e-3, target=None,
   if effective not in ("gradient", "update"):
     raise ValueError(f"ae_jax.laws.gauge: effective must be 'gradient' or "
                      f"'update', got {effective!r}")
-  if target is not None and not isinstance(target, jax.core.Tracer):
-    if not float(target) > 0:
-      raise ValueError(f"ae_jax.laws.gauge: target must be positive, got "
-                       f"{target}")
+  check_positive("ae_jax.laws.gauge: ", target=target)
   if int(warmup) < 0:
     raise ValueError(f"ae_jax.laws.gauge: warmup must be >= 0, got {warmup}")
 
@@ -456,14 +454,8 @@ def budget(max_step: Mapping[str, Any] | None = None, *, bound=None,
   """
   max_step = {k: v for k, v in (max_step or {}).items() if v is not None}
   weights = dict(weights or {})
-  for name, value in max_step.items():
-    if not isinstance(value, jax.core.Tracer) and not float(value) > 0:
-      raise ValueError(f"ae_jax.laws.budget: max_step[{name!r}] must be "
-                       f"positive, got {value}")
-  if bound is not None and not isinstance(bound, jax.core.Tracer):
-    if not float(bound) > 0:
-      raise ValueError(f"ae_jax.laws.budget: bound must be positive, got "
-                       f"{bound}")
+  check_positive("ae_jax.laws.budget: ", bound=bound,
+                 **{f"max_step[{n!r}]": v for n, v in max_step.items()})
 
   def init_fn(params):
     _check_names("budget", list(max_step) + list(weights), params)

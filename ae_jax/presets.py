@@ -29,7 +29,7 @@ import optax
 
 from ae_jax import laws
 from ae_jax.adapt import adapt
-from ae_jax.coefficient import Coefficient
+from ae_jax.coefficient import Coefficient, check_positive
 from ae_jax.controller import Brake
 from ae_jax.measurement import FilterConfig
 
@@ -168,18 +168,21 @@ def _lr_spec(learning_rate, bounds):
   return Coefficient(LEARNING_RATE, learning_rate, lo, hi, None, "log")
 
 
+def _pinned_at_zero_or_log(name, value, bounds):
+  """A log-parametrised coefficient, or one pinned at 0 when it starts there
+  (0 is a fixed point of the multiplicative law AE-3)."""
+  if not isinstance(value, jax.core.Tracer) and float(value) < 0:
+    raise ValueError(f"{name} must be >= 0, got {value}")
+  if not isinstance(value, jax.core.Tracer) and float(value) == 0:
+    return Coefficient(name, 0.0, 0.0, 0.0, None, "linear")
+  return Coefficient(name, value, *bounds, None, "log")
+
+
 def _sigma_spec(sigma, bounds):
-  if sigma == 0:
-    # σ = 0 is a fixed point of the multiplicative law: noise stays off.
-    return Coefficient(SIGMA, 0.0, 0.0, 0.0, None, "linear")
-  lo, hi = bounds if bounds is not None else (sigma * 1e-3, sigma * 1e2)
-  return Coefficient(SIGMA, sigma, lo, hi, None, "log")
-
-
-def _check_positive(**values):
-  for name, value in values.items():
-    if not isinstance(value, jax.core.Tracer) and not float(value) > 0:
-      raise ValueError(f"{name} must be positive, got {value}")
+  # σ = 0 (the default) pins the noise off; no noise is drawn.
+  return _pinned_at_zero_or_log(
+      SIGMA, sigma, bounds if bounds is not None else (sigma * 1e-3,
+                                                       sigma * 1e2))
 
 
 def _finish(inner, specs, laws_chain, *, delayed, seed, momentum="auto"):
@@ -221,7 +224,7 @@ def ae_sgdm(learning_rate: float = 1e-2, momentum: float = 0.9, *,
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``value=``.
   """
-  _check_positive(learning_rate=learning_rate)
+  check_positive("", learning_rate=learning_rate)
   inner = injected(ema_sgd, learning_rate=learning_rate, momentum=momentum)
   specs = [_lr_spec(learning_rate, learning_rate_bounds),
            Coefficient("momentum", momentum, *momentum_bounds, 0.9
@@ -234,7 +237,7 @@ def ae_sgdm(learning_rate: float = 1e-2, momentum: float = 0.9, *,
 
 def _adam_specs(learning_rate, b1, b2, eps, sigma, learning_rate_bounds,
                 sigma_bounds):
-  _check_positive(learning_rate=learning_rate, eps=eps)
+  check_positive("", learning_rate=learning_rate, eps=eps)
   for name, beta in (("b1", b1), ("b2", b2)):
     if not 0.0 < float(beta) < 1.0:
       raise ValueError(f"{name} must lie in (0, 1), got {beta}")
@@ -291,7 +294,8 @@ def ae_adamw(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
     b1: initial β1.
     b2: initial β2.
     eps: initial ε.
-    weight_decay: initial λ (decoupled, as in ``optax.adamw``).
+    weight_decay: initial λ (decoupled, as in ``optax.adamw``); 0 keeps it
+      at 0.
     sigma: initial parameter-noise σ (0: no noise).
     learning_rate_bounds: Ω for α (default: 1e-3 α₀ to 10 α₀).
     sigma_bounds: Ω for σ when σ > 0.
@@ -299,12 +303,11 @@ def ae_adamw(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
     delayed: see :func:`ae_jax.adapt`.
     seed: noise seed.
   """
-  _check_positive(weight_decay=weight_decay)
   specs = _adam_specs(learning_rate, b1, b2, eps, sigma,
                       learning_rate_bounds, sigma_bounds)
-  specs.insert(4, Coefficient("weight_decay", weight_decay,
-                              weight_decay * 1e-2, weight_decay * 1e2, None,
-                              "log"))
+  specs.insert(4, _pinned_at_zero_or_log("weight_decay", weight_decay,
+                                         (weight_decay * 1e-2,
+                                          weight_decay * 1e2)))
   inner = injected(optax.adamw, learning_rate=learning_rate, b1=b1, b2=b2,
                    eps=eps, weight_decay=weight_decay)
   chain = laws_chain or canonical_laws([c.name for c in specs],
