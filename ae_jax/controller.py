@@ -93,11 +93,14 @@ class Controller(NamedTuple):
 def geometry(specs: Sequence[Coefficient]) -> laws_lib.Geometry:
   """Anchors and bounds of ``specs`` in ``z`` coordinates."""
   bounds = {c.name: c.z_bounds() for c in specs}
+  width = {n: min(0.5, 0.01 * (hi - lo)) if math.isfinite(hi - lo) else 0.5
+           for n, (lo, hi) in bounds.items()}
   return laws_lib.Geometry(
       anchor={c.name: c.to_z(c.anchor) for c in specs},
       anchor_value={c.name: c.anchor for c in specs},
       lower={n: b[0] for n, b in bounds.items()},
-      upper={n: b[1] for n, b in bounds.items()})
+      upper={n: b[1] for n, b in bounds.items()},
+      width={n: max(w, 1e-6) for n, w in width.items()})
 
 
 def decode(specs: Sequence[Coefficient], z: Mapping[str, Any]) -> dict:

@@ -54,12 +54,15 @@ class Geometry(NamedTuple):
     anchor_value: the anchors :math:`\\bar a` as values.
     lower: lower bounds of ``z`` (``-inf`` where unbounded).
     upper: upper bounds of ``z`` (``+inf`` where unbounded).
+    width: width of the barrier ψ_Ω in ``z`` (1% of the interval, at most
+      0.5), so it acts only next to a face of Ω.
   """
 
   anchor: Mapping[str, Any]
   anchor_value: Mapping[str, Any]
   lower: Mapping[str, Any]
   upper: Mapping[str, Any]
+  width: Mapping[str, Any]
 
 
 def _check_names(law: str, names, params) -> None:
@@ -249,8 +252,8 @@ def coupling_feature(name: str, value):
 
 
 def coupling(matrix, names: Sequence[str], *, center: bool = True,
-             ) -> optax.GradientTransformationExtraArgs:
-  """AE-7, coupling: :math:`u \\mathrel{+}= C\\,(\\zeta_t - \\bar\\zeta)`.
+             saturate: bool = True) -> optax.GradientTransformationExtraArgs:
+  """AE-7, coupling: :math:`u \\mathrel{+}= C\\,\\tanh(\\zeta_t - \\bar\\zeta)`.
 
   .. math::
 
@@ -264,6 +267,9 @@ def coupling(matrix, names: Sequence[str], *, center: bool = True,
     center: subtract ζ at the anchors (the theory's ``Cζ`` uncentred is a
       constant drift that the leak must cancel); ``False`` is the theory's
       literal form.
+    saturate: pass ``ζ - ζ̄`` through ``tanh``, so a coefficient pinned far
+      from its anchor (α at its floor is -6.9 in log) cannot outvote the
+      other coefficient's own drive; ``False`` is linear, as the theory.
   """
   names = tuple(names)
   matrix = jnp.asarray(matrix)
@@ -279,6 +285,8 @@ def coupling(matrix, names: Sequence[str], *, center: bool = True,
     if center:
       zeta = zeta - jnp.stack([coupling_feature(n, geometry.anchor_value[n])
                                for n in names]).astype(zeta.dtype)
+    if saturate:
+      zeta = jnp.tanh(zeta)
     drive_terms = matrix.astype(zeta.dtype) @ zeta
     for i, name in enumerate(names):
       updates = _add(updates, name, drive_terms[i])
@@ -297,7 +305,7 @@ def barrier(z, lower, upper, width=0.5):
 
 
 def evolve(eta: Mapping[str, Any], *, barrier_gain=1.0,
-           barrier_width=0.5) -> optax.GradientTransformationExtraArgs:
+           barrier_width=None) -> optax.GradientTransformationExtraArgs:
   """AE-3, multiplicative evolution: turns the drive into a step in ``z``.
 
   .. math::
@@ -311,7 +319,8 @@ def evolve(eta: Mapping[str, Any], *, barrier_gain=1.0,
   Args:
     eta: ``name -> η`` meta-steps; unlisted coefficients do not move.
     barrier_gain: weight of the smooth barrier ψ_Ω (0 disables it).
-    barrier_width: width of ψ_Ω in ``z`` units.
+    barrier_width: width of ψ_Ω in ``z`` units; None uses
+      ``geometry.width`` (1% of each coefficient's interval, at most 0.5).
   """
   eta = dict(eta)
 
@@ -325,7 +334,9 @@ def evolve(eta: Mapping[str, Any], *, barrier_gain=1.0,
       z = params[name]
       lo = jnp.asarray(geometry.lower[name], z.dtype)
       hi = jnp.asarray(geometry.upper[name], z.dtype)
-      push = jax.grad(barrier)(z, lo, hi, barrier_width)
+      width = (geometry.width[name] if barrier_width is None
+               else barrier_width)
+      push = jax.grad(barrier)(z, lo, hi, width)
       steps[name] = eta[name] * (u - barrier_gain * push)
     return steps, state
 
@@ -523,7 +534,7 @@ def resonance(coefficient: str = "learning_rate", *, variance_max=4.0,
 
 
 def lyapunov_energy(loss_level, z: Mapping[str, Any], geometry: Geometry, *,
-                    weight=0.05, barrier_width=0.5):
+                    weight=0.05):
   """AE-10's closed-loop energy, exposed for monitoring.
 
   .. math::
@@ -536,5 +547,5 @@ def lyapunov_energy(loss_level, z: Mapping[str, Any], geometry: Geometry, *,
     lo = jnp.asarray(geometry.lower[name], value.dtype)
     hi = jnp.asarray(geometry.upper[name], value.dtype)
     total = total + 0.5 * weight * jnp.square(value - geometry.anchor[name])
-    total = total + barrier(value, lo, hi, barrier_width)
+    total = total + barrier(value, lo, hi, geometry.width[name])
   return total
