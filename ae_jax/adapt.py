@@ -285,15 +285,18 @@ def adapt(inner: optax.GradientTransformation,
     dtype = state.controller.energy.dtype
     key, stats_key, noise_key = jax.random.split(state.key, 3)
     plan = plan_for(grads)
+    # Statistics read the raw gradient: they count non-finite entries (for
+    # the brake) and sanitise them the same way.
     if plan is not None:
-      stats = measurement.sampled_gradient_stats(grads, state.phase_ref,
-                                                 dtype=dtype)
+      stats = measurement.sampled_gradient_stats(
+          updates, state.phase_ref, dtype=dtype, limit=grad_limit)
     elif momentum_field:
       stats = measurement.gradient_stats(
-          grads, _read_momentum(state.inner_state, momentum_field, grads),
-          dtype)
+          updates, _read_momentum(state.inner_state, momentum_field, grads),
+          dtype, limit=grad_limit)
     else:
-      stats = measurement.gradient_stats(grads, state.phase_ref, dtype)
+      stats = measurement.gradient_stats(updates, state.phase_ref, dtype,
+                                         limit=grad_limit)
     inner_update = optax.with_extra_args_support(inner).update
     extra_args = dict(extra_args, value=value)
     if reward is not None:

@@ -37,6 +37,9 @@ class Brake(NamedTuple):
       (``None``: never brake on the loss, as the reference in effect does).
     grad_limit: brake when ``‖g‖`` reaches this or is not finite. Infinite
       gradient entries are also clipped to ``±grad_limit`` (so they fire it).
+    nonfinite_grad: brake when the gradient had any non-finite entry (NaN
+      included, which sanitising would otherwise hide; the reference does
+      not).
     scale: ``name -> factor`` applied to those coefficients (floored at
       their lower bound).
     cap: ``name -> ceiling`` applied to those coefficients.
@@ -44,6 +47,7 @@ class Brake(NamedTuple):
 
   loss_limit: float | None = 1e8
   grad_limit: float = 1e6
+  nonfinite_grad: bool = True
   scale: Mapping[str, float] = {"learning_rate": 0.1}
   cap: Mapping[str, float] = {}
 
@@ -209,6 +213,8 @@ def controller(coefficients: Sequence[Coefficient], laws, *,
     # >=: an infinite entry is clipped to exactly grad_limit, so a lone
     # ±inf among small entries gives ‖g‖ == grad_limit in float32.
     fire = ~jnp.isfinite(sig.gnorm) | (sig.gnorm >= brake.grad_limit)
+    if brake.nonfinite_grad:
+      fire = fire | (stats.nonfinite > 0)
     if brake.loss_limit is not None:
       fire = fire | ~jnp.isfinite(loss) | (jnp.abs(loss) > brake.loss_limit)
     z = dict(state.z)

@@ -44,6 +44,8 @@ class GradStats(NamedTuple):
     dot: inner product of the gradient with the phase reference (the base
       optimizer's momentum, or the previous gradient).
     ref_sumsq: squared norm of the phase reference.
+    nonfinite: number of non-finite gradient entries seen (before they
+      were sanitised; on sampled coordinates when sampling).
   """
 
   size: chex.Array
@@ -51,6 +53,7 @@ class GradStats(NamedTuple):
   sumsq: chex.Array
   dot: chex.Array
   ref_sumsq: chex.Array
+  nonfinite: chex.Array
 
 
 class Signals(NamedTuple):
@@ -207,38 +210,46 @@ def ema(moment, sample, decay, count, mode: str):
   return moment, jnp.where(first, sample, moment / correction)
 
 
-def _leaf_sums(g, m, dtype):
-  """(Σg, Σg², Σg·m, Σm²) of one leaf (or of sampled blocks of it)."""
-  g = g.astype(dtype)
+def _leaf_sums(g, m, dtype, limit):
+  """(Σg, Σg², Σg·m, Σm², #non-finite) of one leaf (or of sampled blocks of
+  it), non-finite entries of ``g`` sanitised to 0 / ±limit."""
+  nonfinite = jnp.sum(~jnp.isfinite(g)).astype(dtype)
+  g = jnp.nan_to_num(g.astype(dtype), nan=0.0, posinf=limit, neginf=-limit)
   sums = [jnp.sum(g), jnp.sum(g * g)]
   if m is None:
-    return sums + [jnp.zeros([], dtype)] * 2
+    return sums + [jnp.zeros([], dtype)] * 2 + [nonfinite]
   m = m.astype(dtype)
-  return sums + [jnp.sum(g * m), jnp.sum(m * m)]
+  return sums + [jnp.sum(g * m), jnp.sum(m * m), nonfinite]
 
 
-def _stats(pairs, size, dtype) -> GradStats:
-  totals = [jnp.zeros([], dtype) for _ in range(4)]
+def _stats(pairs, size, dtype, limit) -> GradStats:
+  totals = [jnp.zeros([], dtype) for _ in range(5)]
   for g, m, scale in pairs:
-    totals = [t + x * scale for t, x in zip(totals, _leaf_sums(g, m, dtype))]
+    sums = _leaf_sums(g, m, dtype, limit)
+    scales = [scale] * 4 + [1.0]  # counts are not extrapolated
+    totals = [t + x * k for t, x, k in zip(totals, sums, scales)]
   return GradStats(jnp.asarray(size, dtype), *totals)
 
 
-def gradient_stats(grads, reference=None, dtype=None) -> GradStats:
+def gradient_stats(grads, reference=None, dtype=None, *,
+                   limit=1e6) -> GradStats:
   """Exact global reductions of ``grads`` over all leaves.
 
   Args:
-    grads: gradient pytree (any float dtype; accumulated in ``dtype``).
+    grads: gradient pytree (any float dtype; accumulated in ``dtype``);
+      non-finite entries are counted, then read as 0 (NaN) or ±``limit``.
     reference: phase reference with the structure of ``grads`` (the base's
       momentum or the previous gradient), or None (``ρ`` is then 0).
     dtype: accumulation dtype, :func:`controller_dtype` by default.
+    limit: the value ±inf entries are read as.
   """
   dtype = dtype or controller_dtype()
   leaves = jax.tree.leaves(grads)
   refs = (jax.tree.leaves(reference) if reference is not None
           else [None] * len(leaves))
   size = sum(x.size for x in leaves)
-  return _stats([(g, m, 1.0) for g, m in zip(leaves, refs)], size, dtype)
+  return _stats([(g, m, 1.0) for g, m in zip(leaves, refs)], size, dtype,
+                limit)
 
 
 # -- sampled statistics -------------------------------------------------------
@@ -311,7 +322,7 @@ def take_blocks(tree, starts) -> tuple:
 
 
 def sampled_gradient_stats(grads, sample: PhaseSample, reference_valid=True,
-                           dtype=None) -> GradStats:
+                           dtype=None, *, limit=1e6) -> GradStats:
   """:class:`GradStats` estimated on the blocks of ``sample``.
 
   Sums over a leaf's blocks are rescaled by ``leaf size / sampled size``,
@@ -324,6 +335,7 @@ def sampled_gradient_stats(grads, sample: PhaseSample, reference_valid=True,
       there (the momentum or gradient after the previous step).
     reference_valid: False when there is no reference (ρ = 0).
     dtype: accumulation dtype.
+    limit: the value ±inf entries are read as.
   """
   dtype = dtype or controller_dtype()
   leaves = jax.tree.leaves(grads)
@@ -333,7 +345,7 @@ def sampled_gradient_stats(grads, sample: PhaseSample, reference_valid=True,
   for x, g, m in zip(leaves, g_blocks, sample.blocks):
     scale = x.size / g.size
     pairs.append((g, m if reference_valid else None, scale))
-  return _stats(pairs, size, dtype)
+  return _stats(pairs, size, dtype, limit)
 
 
 def safe_sqrt(x):

@@ -162,9 +162,19 @@ def _specs(spec_args: Mapping[str, tuple]) -> list[Coefficient]:
   return [Coefficient(name, *args) for name, args in spec_args.items()]
 
 
+def _relative_bounds(name, value, bounds, low, high):
+  if bounds is not None:
+    return bounds
+  if isinstance(value, jax.core.Tracer):
+    # Ω must be concrete (it is checked and turned into z-bounds now).
+    raise ValueError(f"{name} is traced (jit, vmap or grad): pass "
+                     f"{name}_bounds=(lower, upper) explicitly")
+  return value * low, value * high
+
+
 def _lr_spec(learning_rate, bounds):
-  lo, hi = bounds if bounds is not None else (learning_rate * 1e-3,
-                                              learning_rate * 1e1)
+  lo, hi = _relative_bounds("learning_rate", learning_rate, bounds, 1e-3,
+                            1e1)
   return Coefficient(LEARNING_RATE, learning_rate, lo, hi, None, "log")
 
 
@@ -181,8 +191,7 @@ def _pinned_at_zero_or_log(name, value, bounds):
 def _sigma_spec(sigma, bounds):
   # σ = 0 (the default) pins the noise off; no noise is drawn.
   return _pinned_at_zero_or_log(
-      SIGMA, sigma, bounds if bounds is not None else (sigma * 1e-3,
-                                                       sigma * 1e2))
+      SIGMA, sigma, _relative_bounds("sigma", sigma, bounds, 1e-3, 1e2))
 
 
 def _finish(inner, specs, laws_chain, *, delayed, seed, momentum="auto"):
@@ -239,14 +248,19 @@ def _adam_specs(learning_rate, b1, b2, eps, sigma, learning_rate_bounds,
                 sigma_bounds):
   check_positive("", learning_rate=learning_rate, eps=eps)
   for name, beta in (("b1", b1), ("b2", b2)):
-    if not 0.0 < float(beta) < 1.0:
+    if not isinstance(beta, jax.core.Tracer) and not 0.0 < float(beta) < 1.0:
       raise ValueError(f"{name} must lie in (0, 1), got {beta}")
+  if isinstance(b2, jax.core.Tracer):
+    b2_bounds = (0.9, 0.99999)
+  else:
+    b2_bounds = (min(0.9, b2), max(0.99999, b2 + 1e-6))
+  eps_bounds = _relative_bounds("eps", eps, None, 1e-2, 1e4)
   return [
       _lr_spec(learning_rate, learning_rate_bounds),
       Coefficient("b1", b1, 0.0, 0.999, None, "logit"),
-      Coefficient("b2", b2, min(0.9, b2), max(0.99999, b2 + 1e-6) if b2 < 1
-                  else b2, None, "logit"),
-      Coefficient("eps", eps, eps * 1e-2, max(eps * 1e4, 1e-6), None, "log"),
+      Coefficient("b2", b2, *b2_bounds, None, "logit"),
+      Coefficient("eps", eps, eps_bounds[0], max(eps_bounds[1], 1e-6), None,
+                  "log"),
       _sigma_spec(sigma, sigma_bounds),
   ]
 
@@ -285,8 +299,9 @@ def ae_adam(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
 def ae_adamw(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
              eps: float = 1e-8, weight_decay: float = 1e-4, *,
              sigma: float = 0.0, learning_rate_bounds=None,
-             sigma_bounds=None, laws_chain=None, delayed: bool = True,
-             seed: int = 0) -> optax.GradientTransformationExtraArgs:
+             weight_decay_bounds=None, sigma_bounds=None, laws_chain=None,
+             delayed: bool = True, seed: int = 0,
+             ) -> optax.GradientTransformationExtraArgs:
   """AE-AdamW: AdamW whose α, β1, β2, ε, λ and σ evolve (theory section 6).
 
   Args:
@@ -298,6 +313,7 @@ def ae_adamw(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
       at 0.
     sigma: initial parameter-noise σ (0: no noise).
     learning_rate_bounds: Ω for α (default: 1e-3 α₀ to 10 α₀).
+    weight_decay_bounds: Ω for λ (default: 1e-2 λ₀ to 1e2 λ₀).
     sigma_bounds: Ω for σ when σ > 0.
     laws_chain: replaces :func:`canonical_laws`.
     delayed: see :func:`ae_jax.adapt`.
@@ -305,9 +321,10 @@ def ae_adamw(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
   """
   specs = _adam_specs(learning_rate, b1, b2, eps, sigma,
                       learning_rate_bounds, sigma_bounds)
-  specs.insert(4, _pinned_at_zero_or_log("weight_decay", weight_decay,
-                                         (weight_decay * 1e-2,
-                                          weight_decay * 1e2)))
+  specs.insert(4, _pinned_at_zero_or_log(
+      "weight_decay", weight_decay,
+      _relative_bounds("weight_decay", weight_decay, weight_decay_bounds,
+                       1e-2, 1e2)))
   inner = injected(optax.adamw, learning_rate=learning_rate, b1=b1, b2=b2,
                    eps=eps, weight_decay=weight_decay)
   chain = laws_chain or canonical_laws([c.name for c in specs],

@@ -189,6 +189,7 @@ def reference_agent(init_alpha: float = 3e-4, init_mu: float = 0.9,
                          reference=cfg.beta_star, mode="reference",
                          loss_limit=cfg.loss_emergency)
   brake = Brake(loss_limit=None, grad_limit=cfg.grad_emergency,
+                nonfinite_grad=False,
                 scale={"learning_rate": 0.1}, cap={"momentum": 0.5})
   inner = optax.inject_hyperparams(_reference_sgd)(
       learning_rate=init_alpha, momentum=init_mu,

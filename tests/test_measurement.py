@@ -95,7 +95,8 @@ def test_gradient_stats_global_over_leaves():
       GradStats(size=np.float32(flat.size), sum=np.float32(flat.sum()),
                 sumsq=np.float32((flat**2).sum()),
                 dot=np.float32((flat * flat_ref).sum()),
-                ref_sumsq=np.float32((flat_ref**2).sum())),
+                ref_sumsq=np.float32((flat_ref**2).sum()),
+                nonfinite=np.float32(0.0)),
       rtol=1e-6)
   assert float(stats.size) == 12.0
 
@@ -286,3 +287,13 @@ def test_nonfinite_loss_is_sanitised():
 def test_invalid_filter_config_names_the_field(field, value):
   with pytest.raises(ValueError, match=field):
     measurement.validate_filter_config(FilterConfig()._replace(**{field: value}))
+
+
+def test_gradient_stats_count_and_sanitise_nonfinite_entries():
+  grads = {"a": jnp.array([1.0, jnp.nan, 2.0]),
+           "b": jnp.array([[jnp.inf, -jnp.inf]])}
+  stats = jax.jit(measurement.gradient_stats)(grads)
+  assert float(stats.nonfinite) == 3.0
+  # NaN reads as 0, ±inf as ±limit (1e6).
+  np.testing.assert_allclose(float(stats.sum), 3.0, rtol=1e-6)
+  np.testing.assert_allclose(float(stats.sumsq), 5.0 + 2e12, rtol=1e-6)

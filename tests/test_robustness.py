@@ -78,10 +78,25 @@ def test_nan_gradient_entries_are_zeroed(preset):
   ref_updates, ref_state = update(zeroed, state, params, 1.0)
   assert _all_finite(updates) and _all_finite(new_state)
   chex.assert_trees_all_close(updates, ref_updates)
-  chex.assert_trees_all_close(ae.signals(new_state), ae.signals(ref_state))
-  # The brake reads the sanitised gradient (as the reference does), so NaN
-  # entries alone, with a finite loss, do not fire it.
-  assert ae.signals(new_state)["brake"] == 0.0
+  # Same measured signals, except that NaN entries fire the brake (they
+  # mean the step diverged somewhere), which zeros do not.
+  nan_signals, ref_signals = ae.signals(new_state), ae.signals(ref_state)
+  assert nan_signals.pop("brake") == 1.0 and ref_signals.pop("brake") == 0.0
+  for key in ("T", "V", "R", "rho", "S", "gnorm", "gamma"):
+    chex.assert_trees_all_close(nan_signals[key], ref_signals[key])
+  chex.assert_trees_all_close(
+      ae.coefficients(new_state)["learning_rate"],
+      0.1 * ae.coefficients(ref_state)["learning_rate"], rtol=0.11)
+
+
+def test_reference_agent_does_not_brake_on_nan_entries():
+  # The reference sanitises NaN to 0 before its test on ‖g‖: no brake.
+  tx = ae.reference_agent(init_alpha=1e-2, init_mu=0.0)
+  params = _params()
+  state = tx.init(params)
+  grads = {"w": _grads()["w"].at[1, 2].set(np.nan), "b": _grads()["b"]}
+  _, state = tx.update(grads, state, params, value=1.0)
+  assert ae.signals(state)["brake"] == 0.0
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
