@@ -259,15 +259,6 @@ def adapt(inner: optax.GradientTransformation,
     return AdaptState(inner_state=inner_state, controller=cstate,
                       phase_ref=phase_ref, key=key)
 
-  def update_norm(updates, state):
-    """‖Δθ‖ of the base's update (sampled like the statistics)."""
-    if isinstance(state.phase_ref, measurement.PhaseSample):
-      stats = measurement.sampled_gradient_stats(
-          updates, state.phase_ref, reference_valid=False)
-    else:
-      stats = measurement.gradient_stats(updates)
-    return measurement.safe_sqrt(stats.sumsq)
-
   def add_noise(updates, sigma, key):
     def noisy(u):
       xi = optax.tree.random_like(key, u)
@@ -306,8 +297,7 @@ def adapt(inner: optax.GradientTransformation,
       applied = state.controller.values
       updates, inner_state = inner_update(grads, state.inner_state, params,
                                           **extra_args)
-      values, cstate = ctrl.step(state.controller, value, stats, reward,
-                                 step_norm=update_norm(updates, state))
+      values, cstate = ctrl.step(state.controller, value, stats, reward)
       alpha = applied[step_size] if step_size in applied else 1.0
       cstate = cstate._replace(signals=cstate.signals._replace(
           gamma=alpha * cstate.signals.gnorm))

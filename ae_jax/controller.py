@@ -81,10 +81,8 @@ class Controller(NamedTuple):
     init: ``init(dtype=None) -> ControllerState``.
     update: ``update(grads, state, *, value, reward=None, reference=None)
       -> (values, state)``; ``grads`` may be None when there is no gradient.
-    step: ``step(state, loss, stats, reward=None, step_norm=None) ->
-      (values, state)``, the same from precomputed
-      :class:`ae_jax.measurement.GradStats` (``step_norm``: ‖Δθ‖ of the
-      applied update, if known).
+    step: ``step(state, loss, stats, reward=None) -> (values, state)``, the
+      same from precomputed :class:`ae_jax.measurement.GradStats`.
     specs: the resolved :class:`Coefficient` specs.
   """
 
@@ -205,7 +203,7 @@ def controller(coefficients: Sequence[Coefficient], laws, *,
   jax.eval_shape(init)
 
   def step(state: ControllerState, loss, stats: measurement.GradStats,
-           reward=None, step_norm=None) -> tuple[dict, ControllerState]:
+           reward=None) -> tuple[dict, ControllerState]:
     dtype = state.energy.dtype
     sig, filt = measurement.measure(state.filters, filters, loss, stats,
                                     reward)
@@ -228,10 +226,7 @@ def controller(coefficients: Sequence[Coefficient], laws, *,
       if c.name in brake.scale or c.name in brake.cap:
         z[c.name] = jnp.where(fire, c.to_z(braked).astype(dtype), z[c.name])
     values = decode(specs, z)
-    if step_norm is None:  # unknown: the theory's α‖g‖
-      step_norm = (values[step_size] if step_size else 1.0) * sig.gnorm
-    sig = sig._replace(brake=fire.astype(dtype),
-                       step_norm=jnp.asarray(step_norm, dtype))
+    sig = sig._replace(brake=fire.astype(dtype))
 
     zeros = jax.tree.map(jnp.zeros_like, z)
     dz, law_state = laws.update(zeros, state.laws, z, signals=sig,

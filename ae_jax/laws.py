@@ -357,7 +357,6 @@ class GaugeState(NamedTuple):
 def gauge(coefficient: str = "learning_rate", *, eta=1e-3, target=None,
           warmup: int = 200, calibration=0.8, track_decay=0.99,
           fallback=None, filter_mode: str = "debiased",
-          effective: str = "gradient",
           ) -> optax.GradientTransformationExtraArgs:
   """AE-8, the gauge: steers the effective step γ = α‖g‖ toward γ*.
 
@@ -379,16 +378,7 @@ def gauge(coefficient: str = "learning_rate", *, eta=1e-3, target=None,
       which pulls α toward 1e-2/‖g‖ before anything is known of the problem.
     filter_mode: EMA flavour of the tracker, see
       :class:`ae_jax.measurement.FilterConfig`.
-    effective: what γ measures. ``"gradient"``: α‖g‖, the theory's
-      definition, right for SGD-like bases whose step scales with ‖g‖.
-      ``"update"``: ‖Δθ‖, the step the base actually applied (an Adam step
-      does not scale with ‖g‖, so α‖g‖ would push α up as the gradients
-      shrink); needs ``signals.step_norm`` (:func:`ae_jax.adapt` provides it
-      with ``delayed=True``, else it equals α‖g‖).
   """
-  if effective not in ("gradient", "update"):
-    raise ValueError(f"ae_jax.laws.gauge: effective must be 'gradient' or "
-                     f"'update', got {effective!r}")
   check_positive("ae_jax.laws.gauge: ", target=target)
   if int(warmup) < 0:
     raise ValueError(f"ae_jax.laws.gauge: warmup must be >= 0, got {warmup}")
@@ -405,10 +395,7 @@ def gauge(coefficient: str = "learning_rate", *, eta=1e-3, target=None,
                 **extra_args):
     del params, extra_args
     alpha = coefficients[coefficient]
-    if effective == "update":
-      gamma = signals.step_norm
-    else:
-      gamma = jnp.abs(alpha * signals.gnorm)
+    gamma = jnp.abs(alpha * signals.gnorm)
     track, tracked = measurement.ema(state.track, gamma, track_decay,
                                      state.count, filter_mode)
     count = optax.safe_increment(state.count)

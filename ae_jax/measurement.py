@@ -74,8 +74,6 @@ class Signals(NamedTuple):
     S_star: running reference of ``S``.
     gnorm: the gradient norm ``‖g_t‖``.
     gamma: the effective step ``α_t ‖g_t‖`` of the step that was applied.
-    step_norm: the norm of the parameter update ``‖Δθ_t‖`` (the base's
-      preconditioned step; ``α_t ‖g_t‖`` where it is not known).
     brake: 1.0 where the emergency brake fired this step, else 0.0.
   """
 
@@ -92,7 +90,6 @@ class Signals(NamedTuple):
   S_star: chex.Array
   gnorm: chex.Array
   gamma: chex.Array
-  step_norm: chex.Array
   brake: chex.Array
 
 
@@ -372,8 +369,8 @@ def measure(state: FilterState, config: FilterConfig, loss, stats: GradStats,
     reward: optional scalar reward.
 
   Returns:
-    ``(signals, new_state)``. ``signals.gamma``, ``signals.step_norm`` and
-    ``signals.brake`` are left at 0 for the controller to fill in.
+    ``(signals, new_state)``. ``signals.gamma`` and ``signals.brake`` are
+    left at 0 for the controller to fill in.
   """
   dtype = state.loss_mean.dtype
   mode = config.mode
@@ -424,7 +421,6 @@ def measure(state: FilterState, config: FilterConfig, loss, stats: GradStats,
   signals = Signals(loss=loss, loss_mean=loss_mean_hat, T=trend, T_scale=trend_scale, V=variance,
                     R=reward_trend, R_scale=reward_scale, rho=rho, S=grad_var,
                     V_star=v_star, S_star=s_star, gnorm=gnorm, gamma=zero,
-                    step_norm=zero,
                     brake=zero)
   new_state = FilterState(
       count=optax.safe_increment(count), prev_loss=loss,

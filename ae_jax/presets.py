@@ -4,7 +4,8 @@ Each preset is :func:`ae_jax.adapt` around an ``inject_hyperparams`` base with
 the canonical laws of :func:`canonical_laws`:
 
 * α (``learning_rate``) rises with progress and phase alignment, falls with
-  loss variance, is held to the effective step γ* by the gauge and shrunk on
+  loss variance, is held to the effective step γ* by the gauge (AE-SGDm; the
+  Adam presets leave the gauge out, see docs/laws.md) and shrunk on
   oscillation by the resonance clamp;
 * β / β1 (``momentum``, ``b1``) tracks ρ (``tanh(ρ - ρ*)``);
 * β2 (``b2``) rises with the loss variance V;
@@ -68,7 +69,7 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
                    noise: bool = True, resonance: bool = True,
                    budget: bool = True, gauge: bool = True,
                    coupling: bool = True, drive: bool = True,
-                   gauge_warmup: int = 50, gauge_effective: str = "gradient",
+                   gauge_warmup: int = 50,
                    gains: Mapping[str, laws.DriveGains] | None = None,
                    eta: Mapping[str, float] | None = None,
                    ) -> optax.GradientTransformationExtraArgs:
@@ -86,8 +87,6 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
     coupling: AE-7 (only if α and a momentum-like coefficient are present).
     drive: AE-2 (without it only gauge, budget and resonance act).
     gauge_warmup: steps before the gauge calibrates γ*.
-    gauge_effective: ``"gradient"`` (γ = α‖g‖) or ``"update"`` (γ = ‖Δθ‖,
-      for preconditioned bases such as Adam), see :func:`ae_jax.laws.gauge`.
     gains: overrides of :data:`CANONICAL_DRIVE` rows.
     eta: overrides of :data:`CANONICAL_ETA`.
   """
@@ -107,7 +106,7 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
   chain.append(laws.evolve({n: steps[n] for n in names if n in steps}))
   if gauge and step_size in names:
     chain.append(laws.gauge(step_size, eta=1e-2, warmup=gauge_warmup,
-                            calibration=1.0, effective=gauge_effective))
+                            calibration=1.0))
   if budget:
     chain.append(laws.budget(
         {n: CANONICAL_MAX_STEP[n] for n in names if n in CANONICAL_MAX_STEP},
@@ -292,7 +291,7 @@ def ae_adam(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
   inner = injected(optax.adam, learning_rate=learning_rate, b1=b1, b2=b2,
                    eps=eps)
   chain = laws_chain or canonical_laws([c.name for c in specs],
-                                       gauge_effective="update")
+                                       gauge=False)
   return _finish(inner, specs, chain, delayed=delayed, seed=seed)
 
 
@@ -328,5 +327,5 @@ def ae_adamw(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
   inner = injected(optax.adamw, learning_rate=learning_rate, b1=b1, b2=b2,
                    eps=eps, weight_decay=weight_decay)
   chain = laws_chain or canonical_laws([c.name for c in specs],
-                                       gauge_effective="update")
+                                       gauge=False)
   return _finish(inner, specs, chain, delayed=delayed, seed=seed)

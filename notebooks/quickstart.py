@@ -93,11 +93,12 @@ fig.tight_layout()
 # %% [markdown]
 # Knock out a law by rebuilding the chain without it, e.g. the resonance
 # clamp: `ae.ae_adamw(laws_chain=ae.canonical_laws(names, resonance=False,
-# gauge_effective="update"))` with `names = list(ae.coefficients(ae_state))`.
+# gauge=False))` with `names = list(ae.coefficients(ae_state))` (the Adam
+# presets run without the gauge, see docs/laws.md).
 
 # %%
 names = list(ae.coefficients(ae_state))
 no_resonance = ae.ae_adamw(1e-3, laws_chain=ae.canonical_laws(
-    names, resonance=False, gauge_effective="update"))
+    names, resonance=False, gauge=False))
 _, _, ko_logs = train(no_resonance, params0)
 print("without AE-5: final loss %.4f" % ko_logs["loss"][-50:].mean())

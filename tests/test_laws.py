@@ -279,15 +279,6 @@ def test_gauge_fixed_target_and_sign():
   assert float(state.target) == 0.5
 
 
-def test_gauge_on_the_applied_update():
-  # effective="update": γ is the base's ‖Δθ‖ (signals.step_norm), not α‖g‖.
-  law = laws.gauge("learning_rate", eta=0.02, target=0.5, effective="update")
-  dz, _ = apply(law, signals(gnorm=2.0, step_norm=1.0))   # α‖g‖ would be 0.2
-  np.testing.assert_allclose(float(dz["learning_rate"]), -0.02, rtol=1e-5)
-  with pytest.raises(ValueError, match="effective"):
-    laws.gauge(effective="adam")
-
-
 def test_gauge_fallback_is_active_during_warmup():
   law = laws.gauge("learning_rate", eta=0.01, warmup=100, fallback=0.4)
   dz, _ = apply(law, signals(gnorm=2.0))   # γ = 0.2, target 0.4
