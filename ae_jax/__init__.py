@@ -12,7 +12,7 @@ Quick start::
 
 from ae_jax import laws
 from ae_jax import measurement
-from ae_jax.adapt import AdaptState, adapt
+from ae_jax.adapt import AdaptState, adapt, reseed
 from ae_jax.coefficient import Coefficient
 from ae_jax.controller import (Brake, Controller, ControllerState,
                                coefficients, controller, signals)
@@ -27,5 +27,6 @@ __all__ = [
     "AdaptState", "Brake", "Coefficient", "Controller", "ControllerState",
     "FilterConfig", "GradStats", "Signals", "adapt", "ae_adam", "ae_adamw",
     "ae_sgdm", "canonical_laws", "coefficients", "controller", "ema_sgd",
-    "injected", "laws", "measurement", "reference_agent", "signals",
+    "injected", "laws", "measurement", "reference_agent", "reseed",
+    "signals",
 ]

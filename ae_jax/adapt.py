@@ -128,11 +128,26 @@ def write_hyperparams(inner_state, values: dict):
                       is_leaf=lambda x: isinstance(x, _INJECT_STATES))
 
 
-def sanitize(grads, limit):
-  """NaN → 0, ±inf → ±limit, elementwise (fuses into the update)."""
+def sanitize(grads, inf_value=0.0):
+  """NaN → 0, ±inf → ±inf_value, elementwise (fuses into the update)."""
   return jax.tree.map(
-      lambda g: jnp.nan_to_num(g, nan=0.0, posinf=limit, neginf=-limit),
-      grads)
+      lambda g: jnp.nan_to_num(g, nan=0.0, posinf=inf_value,
+                               neginf=-inf_value), grads)
+
+
+def reseed(state, key):
+  """Replaces the PRNG key of every :class:`AdaptState` in ``state``.
+
+  ``tx.init`` seeds from the static ``seed``, so the members of a vmapped
+  population would all draw the same noise ξ_t and sample positions; give
+  each its own key::
+
+    keys = jax.random.split(jax.random.PRNGKey(0), members)
+    states = jax.vmap(lambda p, k: ae.reseed(tx.init(p), k))(params, keys)
+  """
+  return jax.tree.map(
+      lambda s: s._replace(key=key) if isinstance(s, AdaptState) else s,
+      state, is_leaf=lambda s: isinstance(s, AdaptState))
 
 
 def adapt(inner: optax.GradientTransformation,
@@ -197,8 +212,9 @@ def adapt(inner: optax.GradientTransformation,
         "optax.inject_hyperparams(...) so its hyperparameters can be "
         "written each step; e.g. optax.inject_hyperparams(optax.adam)"
         "(learning_rate=1e-3)")
-  hyperparams = {}
+  hyperparams, scheduled = {}, set()
   for s in injected:
+    scheduled |= set(getattr(s, "hyperparams_states", {}))
     for name, value in s.hyperparams.items():
       if name in hyperparams:
         raise ValueError(f"adapt: hyperparameter {name!r} appears in more "
@@ -208,6 +224,11 @@ def adapt(inner: optax.GradientTransformation,
   specs = []
   for c in as_specs(coefficients):
     c = c if isinstance(c, Coefficient) else Coefficient(c)
+    if c.name in scheduled:
+      raise ValueError(
+          f"adapt: hyperparameter {c.name!r} is a schedule; inject_hyperparams "
+          f"recomputes it every step, overwriting what AE writes. Pass a "
+          f"number for it")
     if c.name in hyperparams:
       default = hyperparams[c.name]
       if not isinstance(default, jax.core.Tracer):
@@ -221,12 +242,10 @@ def adapt(inner: optax.GradientTransformation,
           f"inner optimizer (it has {sorted(hyperparams)})")
   names = [c.name for c in specs]
   ctrl = controller_lib.controller(
-      specs, laws, filters=filters, brake=brake,
-      step_size=step_size if step_size in names else None,
+      specs, laws, filters=filters, brake=brake, step_size=step_size,
       energy_weight=energy_weight)
   momentum_field = _find_momentum_field(probe, momentum)
-  grad_limit = (brake.grad_limit if brake is not None
-                else controller_lib.Brake().grad_limit)
+  inf_value = (brake or controller_lib.Brake()).inf_value
   # A σ held at a single value (σ = 0 by default) draws no noise at all.
   noise = noise if noise in names else None
   if noise is not None:
@@ -243,7 +262,18 @@ def adapt(inner: optax.GradientTransformation,
 
   def init_fn(params):
     cstate = ctrl.init()
-    inner_state = write_hyperparams(inner.init(params), cstate.values)
+    inner_state = inner.init(params)
+    for s in _inject_states(inner_state):
+      for name in names:
+        if name in s.hyperparams and jnp.finfo(
+            jnp.asarray(s.hyperparams[name]).dtype).bits < 32:
+          raise ValueError(
+              f"adapt: the inner optimizer holds {name!r} in "
+              f"{jnp.asarray(s.hyperparams[name]).dtype} (inject_hyperparams "
+              f"uses the parameters' dtype), too coarse to adapt (b2 = 0.999 "
+              f"rounds to 1 in bfloat16). Build it with ae.injected(...) or "
+              f"inject_hyperparams(..., hyperparam_dtype=jnp.float32)")
+    inner_state = write_hyperparams(inner_state, cstate.values)
     key = jax.random.PRNGKey(seed)
     plan = plan_for(params)
     if plan is not None:
@@ -272,7 +302,10 @@ def adapt(inner: optax.GradientTransformation,
       raise TypeError(
           "this ae_jax optimizer's update requires the loss as the keyword "
           "argument `value`, e.g. tx.update(grads, state, params, value=loss)")
-    grads = sanitize(updates, grad_limit)
+    if jnp.ndim(value) != 0:
+      raise TypeError(f"`value` must be the scalar loss, got shape "
+                      f"{jnp.shape(value)}")
+    grads = sanitize(updates, inf_value)
     dtype = state.controller.energy.dtype
     key, stats_key, noise_key = jax.random.split(state.key, 3)
     plan = plan_for(grads)
@@ -280,14 +313,14 @@ def adapt(inner: optax.GradientTransformation,
     # the brake) and sanitise them the same way.
     if plan is not None:
       stats = measurement.sampled_gradient_stats(
-          updates, state.phase_ref, dtype=dtype, limit=grad_limit)
+          updates, state.phase_ref, dtype=dtype, inf_value=inf_value)
     elif momentum_field:
       stats = measurement.gradient_stats(
           updates, _read_momentum(state.inner_state, momentum_field, grads),
-          dtype, limit=grad_limit)
+          dtype, inf_value=inf_value)
     else:
       stats = measurement.gradient_stats(updates, state.phase_ref, dtype,
-                                         limit=grad_limit)
+                                         inf_value=inf_value)
     inner_update = optax.with_extra_args_support(inner).update
     extra_args = dict(extra_args, value=value)
     if reward is not None:

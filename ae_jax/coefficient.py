@@ -148,6 +148,15 @@ def check_positive(where: str, **values) -> None:
       raise ValueError(f"{where}{name} must be positive, got {value}")
 
 
+def check_nonnegative(where: str, **values) -> None:
+  """Raises ValueError naming the first negative value (tracers pass)."""
+  for name, value in values.items():
+    if value is None or isinstance(value, jax.core.Tracer):
+      continue
+    if not float(value) >= 0:
+      raise ValueError(f"{where}{name} must be >= 0, got {value}")
+
+
 def as_specs(coefficients: Sequence[Coefficient | str] | Mapping | Coefficient,
              ) -> tuple[Coefficient | str, ...]:
   """Normalises the ``coefficients`` argument of the controller and adapt."""

@@ -35,11 +35,14 @@ class Brake(NamedTuple):
   Attributes:
     loss_limit: brake when ``|loss|`` exceeds this, or the loss is not finite
       (``None``: never brake on the loss, as the reference in effect does).
-    grad_limit: brake when ``‖g‖`` reaches this or is not finite. Infinite
-      gradient entries are also clipped to ``±grad_limit`` (so they fire it).
+    grad_limit: brake when ``‖g‖`` exceeds this or is not finite.
     nonfinite_grad: brake when the gradient had any non-finite entry (NaN
       included, which sanitising would otherwise hide; the reference does
       not).
+    inf_value: what ±inf gradient entries become (signed) before the
+      update and the statistics. 0 by default: an infinite entry carries no
+      usable direction, and ±1e6 applied at the un-braked rate throws the
+      parameters far away; the reference uses ±``grad_limit``.
     scale: ``name -> factor`` applied to those coefficients (floored at
       their lower bound).
     cap: ``name -> ceiling`` applied to those coefficients.
@@ -48,6 +51,7 @@ class Brake(NamedTuple):
   loss_limit: float | None = 1e8
   grad_limit: float = 1e6
   nonfinite_grad: bool = True
+  inf_value: float = 0.0
   scale: Mapping[str, float] = {"learning_rate": 0.1}
   cap: Mapping[str, float] = {}
 
@@ -112,11 +116,11 @@ def decode(specs: Sequence[Coefficient], z: Mapping[str, Any]) -> dict:
 
 def project(specs: Sequence[Coefficient], z: Mapping[str, Any]) -> dict:
   """Π_Ω in ``z`` coordinates."""
-  geo_lo = {c.name: c.z_bounds() for c in specs}
-  return {c.name: jnp.clip(z[c.name], *geo_lo[c.name]) for c in specs}
+  return {c.name: jnp.clip(z[c.name], *c.z_bounds()) for c in specs}
 
 
-def _validate_brake(brake: Brake, names: Sequence[str]) -> None:
+def _validate_brake(brake: Brake, specs: Sequence[Coefficient]) -> None:
+  names = [c.name for c in specs]
   if brake.loss_limit is not None and not float(brake.loss_limit) > 0:
     raise ValueError(f"Brake.loss_limit must be positive, got "
                      f"{brake.loss_limit}")
@@ -132,6 +136,14 @@ def _validate_brake(brake: Brake, names: Sequence[str]) -> None:
     if not 0 < float(factor) <= 1:
       raise ValueError(f"Brake.scale[{name!r}] must lie in (0, 1], got "
                        f"{factor}")
+  for c in specs:
+    if c.name in brake.cap:
+      cap = float(brake.cap[c.name])
+      if not c.lower <= cap or (c.param != "linear" and not cap > c.lower):
+        raise ValueError(f"Brake.cap[{c.name!r}]={cap} must lie above the "
+                         f"coefficient's lower bound {c.lower}")
+  if not float(brake.inf_value) >= 0:
+    raise ValueError(f"Brake.inf_value must be >= 0, got {brake.inf_value}")
 
 
 def controller(coefficients: Sequence[Coefficient], laws, *,
@@ -178,7 +190,7 @@ def controller(coefficients: Sequence[Coefficient], laws, *,
   if brake is None:
     scale = {step_size: 0.1} if step_size in names else {}
     brake = Brake(scale=scale)
-  _validate_brake(brake, names)
+  _validate_brake(brake, specs)
   if step_size is not None and step_size not in names:
     step_size = None
   if not hasattr(laws, "init") or not hasattr(laws, "update"):
@@ -210,7 +222,7 @@ def controller(coefficients: Sequence[Coefficient], laws, *,
     loss = jnp.asarray(loss, dtype)
     # >=: an infinite entry is clipped to exactly grad_limit, so a lone
     # ±inf among small entries gives ‖g‖ == grad_limit in float32.
-    fire = ~jnp.isfinite(sig.gnorm) | (sig.gnorm >= brake.grad_limit)
+    fire = ~jnp.isfinite(sig.gnorm) | (sig.gnorm > brake.grad_limit)
     if brake.nonfinite_grad:
       fire = fire | (stats.nonfinite > 0)
     if brake.loss_limit is not None:
@@ -249,7 +261,7 @@ def controller(coefficients: Sequence[Coefficient], laws, *,
                       "keyword argument `value`")
     stats = measurement.gradient_stats(
         grads if grads is not None else (), reference,
-        dtype=state.energy.dtype)
+        dtype=state.energy.dtype, inf_value=brake.inf_value)
     return step(state, value, stats, reward)
 
   return Controller(init=init, update=update, step=step, specs=specs)

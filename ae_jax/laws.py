@@ -20,7 +20,7 @@ drive terms first, then :func:`evolve`, then step corrections::
   laws = optax.chain(
       ae.laws.drive({...}),        # AE-2   u  = W φ(s) - Γ (z - z̄)
       ae.laws.noise(),             # AE-4   u_σ += stall/uncertainty/...
-      ae.laws.coupling(C, names),  # AE-7   u  += C ζ
+      ae.laws.coupling(C, names),  # AE-7   u  += C tanh(ζ - ζ̄)
       ae.laws.evolve({...}),       # AE-3   Δz = η (u - ∇ψ_Ω(z))
       ae.laws.gauge(),             # AE-8   Δz_α += η_γ (γ* - α‖g‖)/γ*
       ae.laws.budget({...}),       # AE-6   Δz /= sqrt(1 + λ), |Δz| ≤ max
@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import optax
 
 from ae_jax import measurement
-from ae_jax.coefficient import check_positive
+from ae_jax.coefficient import check_nonnegative, check_positive
 
 _TINY = 1e-12
 
@@ -153,12 +153,16 @@ def drive(gains: Mapping[str, DriveGains], *, rho_star=0.3, tau_p=1.0,
 
   .. math::
 
-    u_t = W_p\\tanh(-T_t/\\tau_p) - W_v\\,\\mathrm{softplus}(V_t/\\tau_v)
-          + W_r\\tanh(R_t/\\tau_r) + W_c(\\rho_t-\\rho^\\star)
-          - \\Gamma(z_t-\\bar z)
+    u_t = W_p\\tanh(-\\hat T_t/\\tau_p) - W_v\\,\\phi_V
+          + W_r\\tanh(\\hat R_t/\\tau_r) + W_c(\\rho_t-\\rho^\\star)
+          + W_{c'}\\tanh(\\rho_t-\\rho^\\star) - \\Gamma(z_t-\\bar z)
 
-  (the barrier term :math:`-\\nabla\\psi_\\Omega` is applied by
-  :func:`evolve`).
+  with, by default, the normalised trend :math:`\\hat T = T / \\mathrm{LP}|\\Delta
+  \\ell|` and the centred variance term :math:`\\phi_V =
+  \\mathrm{softplus}((V/V^\\star - 1)/\\tau_v) - \\log 2`; ``normalize=False,
+  center=False`` give the theory's literal :math:`\\tanh(-T/\\tau_p)` and
+  :math:`\\mathrm{softplus}(V/(\\tau_v V^\\star))` (see :func:`drive_features`).
+  The barrier term :math:`-\\nabla\\psi_\\Omega` is applied by :func:`evolve`.
 
   Args:
     gains: ``name -> DriveGains``; coefficients not listed get no drive.
@@ -323,6 +327,9 @@ def evolve(eta: Mapping[str, Any], *, barrier_gain=1.0,
       ``geometry.width`` (1% of each coefficient's interval, at most 0.5).
   """
   eta = dict(eta)
+  check_nonnegative("ae_jax.laws.evolve: ", barrier_gain=barrier_gain,
+                    **{f"eta[{n!r}]": v for n, v in eta.items()})
+  check_positive("ae_jax.laws.evolve: ", barrier_width=barrier_width)
 
   def update_fn(updates, state, params=None, *, geometry, **extra_args):
     del extra_args
@@ -379,7 +386,9 @@ def gauge(coefficient: str = "learning_rate", *, eta=1e-3, target=None,
     filter_mode: EMA flavour of the tracker, see
       :class:`ae_jax.measurement.FilterConfig`.
   """
-  check_positive("ae_jax.laws.gauge: ", target=target)
+  check_positive("ae_jax.laws.gauge: ", target=target,
+                 calibration=calibration)
+  check_nonnegative("ae_jax.laws.gauge: ", eta=eta)
   if int(warmup) < 0:
     raise ValueError(f"ae_jax.laws.gauge: warmup must be >= 0, got {warmup}")
 
@@ -452,6 +461,7 @@ def budget(max_step: Mapping[str, Any] | None = None, *, bound=None,
   """
   max_step = {k: v for k, v in (max_step or {}).items() if v is not None}
   weights = dict(weights or {})
+  check_nonnegative("ae_jax.laws.budget: ", eta_dual=eta_dual)
   check_positive("ae_jax.laws.budget: ", bound=bound,
                  **{f"max_step[{n!r}]": v for n, v in max_step.items()})
 
@@ -506,6 +516,9 @@ def resonance(coefficient: str = "learning_rate", *, variance_max=4.0,
       progress) and drives α to its floor on a plain quadratic; the default
       fires only on oscillation (ρ < -ρ_max).
   """
+
+  check_positive("ae_jax.laws.resonance: ", variance_max=variance_max,
+                 rho_max=rho_max, shrink=shrink)
 
   def update_fn(updates, state, params=None, *, signals, **extra_args):
     del params, extra_args

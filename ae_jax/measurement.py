@@ -126,6 +126,10 @@ class FilterConfig(NamedTuple):
     loss_limit: losses are clamped to ``±loss_limit``; a non-finite loss is
       replaced by ``loss_limit``.
     variance_clip: the loss deviation is clamped to this before squaring.
+    hold_bad_loss: a non-finite loss, or one beyond ``loss_limit``, is read
+      as a repeat of the last good loss (the step says nothing about the
+      loss statistics); the reference feeds ``loss_limit`` into its filters,
+      which then read a variance spike for hundreds of steps.
   """
 
   loss_mean: Any = 0.98
@@ -136,6 +140,7 @@ class FilterConfig(NamedTuple):
   mode: str = "debiased"
   loss_limit: float = 1e8
   variance_clip: float = 1e6
+  hold_bad_loss: bool = True
 
 
 _TINY = 1e-12
@@ -207,11 +212,12 @@ def ema(moment, sample, decay, count, mode: str):
   return moment, jnp.where(first, sample, moment / correction)
 
 
-def _leaf_sums(g, m, dtype, limit):
+def _leaf_sums(g, m, dtype, inf_value):
   """(Σg, Σg², Σg·m, Σm², #non-finite) of one leaf (or of sampled blocks of
-  it), non-finite entries of ``g`` sanitised to 0 / ±limit."""
+  it), non-finite entries of ``g`` sanitised to 0 / ±inf_value."""
   nonfinite = jnp.sum(~jnp.isfinite(g)).astype(dtype)
-  g = jnp.nan_to_num(g.astype(dtype), nan=0.0, posinf=limit, neginf=-limit)
+  g = jnp.nan_to_num(g.astype(dtype), nan=0.0, posinf=inf_value,
+                     neginf=-inf_value)
   sums = [jnp.sum(g), jnp.sum(g * g)]
   if m is None:
     return sums + [jnp.zeros([], dtype)] * 2 + [nonfinite]
@@ -219,26 +225,27 @@ def _leaf_sums(g, m, dtype, limit):
   return sums + [jnp.sum(g * m), jnp.sum(m * m), nonfinite]
 
 
-def _stats(pairs, size, dtype, limit) -> GradStats:
+def _stats(pairs, size, dtype, inf_value) -> GradStats:
   totals = [jnp.zeros([], dtype) for _ in range(5)]
   for g, m, scale in pairs:
-    sums = _leaf_sums(g, m, dtype, limit)
+    sums = _leaf_sums(g, m, dtype, inf_value)
     scales = [scale] * 4 + [1.0]  # counts are not extrapolated
     totals = [t + x * k for t, x, k in zip(totals, sums, scales)]
   return GradStats(jnp.asarray(size, dtype), *totals)
 
 
 def gradient_stats(grads, reference=None, dtype=None, *,
-                   limit=1e6) -> GradStats:
+                   inf_value=0.0) -> GradStats:
   """Exact global reductions of ``grads`` over all leaves.
 
   Args:
     grads: gradient pytree (any float dtype; accumulated in ``dtype``);
-      non-finite entries are counted, then read as 0 (NaN) or ±``limit``.
+      non-finite entries are counted, then read as 0 (NaN) or
+      ±``inf_value``.
     reference: phase reference with the structure of ``grads`` (the base's
       momentum or the previous gradient), or None (``ρ`` is then 0).
     dtype: accumulation dtype, :func:`controller_dtype` by default.
-    limit: the value ±inf entries are read as.
+    inf_value: the value ±inf entries are read as.
   """
   dtype = dtype or controller_dtype()
   leaves = jax.tree.leaves(grads)
@@ -246,7 +253,7 @@ def gradient_stats(grads, reference=None, dtype=None, *,
           else [None] * len(leaves))
   size = sum(x.size for x in leaves)
   return _stats([(g, m, 1.0) for g, m in zip(leaves, refs)], size, dtype,
-                limit)
+                inf_value)
 
 
 # -- sampled statistics -------------------------------------------------------
@@ -298,28 +305,30 @@ def draw_starts(key, grads, plan) -> tuple:
     if blocks == 0:
       starts.append(jnp.zeros([0], jnp.int32))
     else:
+      # Blocks wrap around the end of the leaf, so every element has the
+      # same chance SAMPLE_BLOCK / size of being read: the sums are unbiased.
       starts.append(jax.random.randint(jax.random.fold_in(key, i), (blocks,),
-                                       0, x.size - SAMPLE_BLOCK + 1,
-                                       dtype=jnp.int32))
+                                       0, x.size, dtype=jnp.int32))
   return tuple(starts)
 
 
 def take_blocks(tree, starts) -> tuple:
-  """The blocks of each leaf of ``tree`` at ``starts`` (whole small leaves)."""
+  """The blocks of each leaf of ``tree`` at ``starts`` (whole small leaves);
+  a block runs past the end of its leaf back to its start."""
   out = []
+  offsets = jnp.arange(SAMPLE_BLOCK, dtype=jnp.int32)
   for x, s in zip(jax.tree.leaves(tree), starts):
     flat = x.reshape(-1)
     if s.shape[0] == 0:
       out.append(flat)
     else:
-      take = lambda o, flat=flat: jax.lax.dynamic_slice(
-          flat, (o,), (SAMPLE_BLOCK,))
-      out.append(jax.vmap(take)(s))
+      index = (s[:, None] + offsets[None, :]) % flat.shape[0]
+      out.append(jnp.take(flat, index, mode="clip"))
   return tuple(out)
 
 
-def sampled_gradient_stats(grads, sample: PhaseSample, reference_valid=True,
-                           dtype=None, *, limit=1e6) -> GradStats:
+def sampled_gradient_stats(grads, sample: PhaseSample, dtype=None, *,
+                           inf_value=0.0) -> GradStats:
   """:class:`GradStats` estimated on the blocks of ``sample``.
 
   Sums over a leaf's blocks are rescaled by ``leaf size / sampled size``,
@@ -330,9 +339,8 @@ def sampled_gradient_stats(grads, sample: PhaseSample, reference_valid=True,
     grads: this step's gradient.
     sample: offsets drawn at the previous step and the reference's blocks
       there (the momentum or gradient after the previous step).
-    reference_valid: False when there is no reference (ρ = 0).
     dtype: accumulation dtype.
-    limit: the value ±inf entries are read as.
+    inf_value: the value ±inf entries are read as.
   """
   dtype = dtype or controller_dtype()
   leaves = jax.tree.leaves(grads)
@@ -341,8 +349,8 @@ def sampled_gradient_stats(grads, sample: PhaseSample, reference_valid=True,
   pairs = []
   for x, g, m in zip(leaves, g_blocks, sample.blocks):
     scale = x.size / g.size
-    pairs.append((g, m if reference_valid else None, scale))
-  return _stats(pairs, size, dtype, limit)
+    pairs.append((g, m, scale))
+  return _stats(pairs, size, dtype, inf_value)
 
 
 def safe_sqrt(x):
@@ -376,7 +384,12 @@ def measure(state: FilterState, config: FilterConfig, loss, stats: GradStats,
   mode = config.mode
   count = state.count
   first = count == 0
-  loss = sanitize_loss(jnp.asarray(loss, dtype), config.loss_limit)
+  raw = jnp.asarray(loss, dtype)
+  loss = sanitize_loss(raw, config.loss_limit)
+  measured = loss
+  if config.hold_bad_loss:
+    bad = ~jnp.isfinite(raw) | (jnp.abs(raw) > config.loss_limit)
+    loss = jnp.where(bad & ~first, state.prev_loss, jnp.where(bad, 0.0, loss))
 
   loss_mean, loss_mean_hat = ema(state.loss_mean, loss, config.loss_mean,
                                  count, mode)
@@ -418,7 +431,7 @@ def measure(state: FilterState, config: FilterConfig, loss, stats: GradStats,
   s_star = jnp.maximum(s_star, _TINY)
 
   zero = jnp.zeros([], dtype)
-  signals = Signals(loss=loss, loss_mean=loss_mean_hat, T=trend, T_scale=trend_scale, V=variance,
+  signals = Signals(loss=measured, loss_mean=loss_mean_hat, T=trend, T_scale=trend_scale, V=variance,
                     R=reward_trend, R_scale=reward_scale, rho=rho, S=grad_var,
                     V_star=v_star, S_star=s_star, gnorm=gnorm, gamma=zero,
                     brake=zero)

@@ -252,7 +252,8 @@ def _adam_specs(learning_rate, b1, b2, eps, sigma, learning_rate_bounds,
   if isinstance(b2, jax.core.Tracer):
     b2_bounds = (0.9, 0.99999)
   else:
-    b2_bounds = (min(0.9, b2), max(0.99999, b2 + 1e-6))
+    # Strictly around b2 (a logit coordinate), whatever b2 in (0, 1) is.
+    b2_bounds = (min(0.9, b2 - 0.5 * (1 - b2)), max(0.99999, b2 + 0.5 * (1 - b2)))
   eps_bounds = _relative_bounds("eps", eps, None, 1e-2, 1e4)
   return [
       _lr_spec(learning_rate, learning_rate_bounds),
@@ -272,7 +273,9 @@ def ae_adam(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
   """AE-Adam: Adam whose α, β1, β2, ε and σ evolve (theory section 6).
 
   β1 tracks ρ, β2 rises with V, ε grows with instability and relaxes with
-  quality; α follows the AE-SGDm law, the gauge and the resonance clamp.
+  quality; α follows the AE-SGDm drive and the resonance clamp. The gauge
+  (AE-8) is left out: Adam's step does not scale with ‖g‖, so α‖g‖ is not its
+  effective step (docs/laws.md).
 
   Args:
     learning_rate: initial α.

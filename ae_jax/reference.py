@@ -11,7 +11,9 @@ presets, configured the reference's way:
   ``max_dlog_alpha``; two-sided resonance clamp ``|ρ| > ρ_max``;
 * μ: linear; drive ``0.8 tanh(ρ-ρ*) - 0.6 softplus(V/V*) - γ_μ(μ - μ̄)``;
   trust region ``max_d_mu``;
-* σ: log-parametrised noise law (held at 0 when it starts and ends at 0);
+* σ: log-parametrised noise law, floored at ``sigma_min + 1e-16`` as the
+  reference does (so σ starts at 1e-16, not 0, unless ``sigma_max = 0``,
+  which holds it at exactly 0);
 * base: SGD with EMA momentum, optional step-norm cap, the reference's
   parameter clamp; timing ``delayed=False`` (the reference applies the new
   coefficients to the step that produced them).
@@ -151,7 +153,7 @@ def reference_agent(init_alpha: float = 3e-4, init_mu: float = 0.9,
                       cfg.alpha_max, cfg.alpha_bar, "log")
   mu = Coefficient("momentum", init_mu, cfg.mu_min, cfg.mu_max, cfg.mu_bar,
                    "linear")
-  if cfg.sigma_max <= 0.0 or init_sigma <= 0.0 and cfg.sigma_max <= 0.0:
+  if cfg.sigma_max <= 0.0:
     sigma = Coefficient("sigma", 0.0, 0.0, 0.0, None, "linear")
   else:
     # The reference floors σ at sigma_min + 1e-16 before taking its log.
@@ -187,19 +189,20 @@ def reference_agent(init_alpha: float = 3e-4, init_mu: float = 0.9,
   filters = FilterConfig(loss_mean=cfg.beta_mu, trend=cfg.beta_T,
                          variance=cfg.beta_V, grad_variance=cfg.beta_S,
                          reference=cfg.beta_star, mode="reference",
-                         loss_limit=cfg.loss_emergency)
+                         loss_limit=cfg.loss_emergency, hold_bad_loss=False)
   brake = Brake(loss_limit=None, grad_limit=cfg.grad_emergency,
-                nonfinite_grad=False,
+                nonfinite_grad=False, inf_value=cfg.grad_emergency,
                 scale={"learning_rate": 0.1}, cap={"momentum": 0.5})
   inner = optax.inject_hyperparams(_reference_sgd)(
       learning_rate=init_alpha, momentum=init_mu,
       step_norm_max=cfg.step_norm_max)
-  parts = [_sanitizer(cfg.grad_emergency)]
-  if clip_grad_norm is not None:
-    parts.append(optax.clip_by_global_norm(clip_grad_norm))
+  parts = []
+  if clip_grad_norm is not None:  # the reference sanitises, then clips
+    parts += [_sanitizer(cfg.grad_emergency),
+              optax.clip_by_global_norm(clip_grad_norm)]
   parts.append(adapt(inner, [alpha, mu, sigma], chain, filters=filters,
                      brake=brake, delayed=False, seed=seed,
                      momentum="ema"))
-  if cfg.param_abs_max and math.isfinite(cfg.param_abs_max):
+  if cfg.param_abs_max and 0 < cfg.param_abs_max < math.inf:
     parts.append(_clamp_params(cfg.param_abs_max))
   return optax.chain(*parts)

@@ -294,6 +294,11 @@ def test_gradient_stats_count_and_sanitise_nonfinite_entries():
            "b": jnp.array([[jnp.inf, -jnp.inf]])}
   stats = jax.jit(measurement.gradient_stats)(grads)
   assert float(stats.nonfinite) == 3.0
-  # NaN reads as 0, ±inf as ±limit (1e6).
+  # NaN and ±inf read as 0 by default ...
+  np.testing.assert_allclose(float(stats.sum), 3.0, rtol=1e-6)
+  np.testing.assert_allclose(float(stats.sumsq), 5.0, rtol=1e-6)
+  # ... ±inf as ±inf_value when given (the reference's ±grad_emergency).
+  stats = measurement.gradient_stats(grads, inf_value=1e6)
+  assert float(stats.nonfinite) == 3.0
   np.testing.assert_allclose(float(stats.sum), 3.0, rtol=1e-6)
   np.testing.assert_allclose(float(stats.sumsq), 5.0 + 2e12, rtol=1e-6)

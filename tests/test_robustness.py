@@ -43,19 +43,19 @@ def _preset(name):
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 @pytest.mark.parametrize("bad", [np.inf, -np.inf], ids=["+inf", "-inf"])
-def test_infinite_gradient_entry_is_clipped_and_brakes(preset, bad):
+def test_infinite_gradient_entry_is_zeroed_and_brakes(preset, bad):
   tx, update = _preset(preset)
   params = _params()
   state = tx.init(params)
   _, state = update(_grads(), state, params, 1.0)
   lr_before = ae.coefficients(state)["learning_rate"]
-  # A single ±inf among small entries: clipped to ±grad_limit (1e6), which
-  # makes ‖g‖ exactly the limit in float32 and must still fire the brake.
+  # A single ±inf among small entries carries no usable direction: it is
+  # read as 0 (not ±1e6, which the un-braked step would apply), and the
+  # brake fires.
   bad_grads = {"w": _grads()["w"].at[0, 1].set(bad), "b": _grads()["b"]}
-  clipped = {"w": _grads()["w"].at[0, 1].set(np.sign(bad) * 1e6),
-             "b": _grads()["b"]}
+  zeroed = {"w": _grads()["w"].at[0, 1].set(0.0), "b": _grads()["b"]}
   updates, new_state = update(bad_grads, state, params, 1.0)
-  ref_updates, _ = update(clipped, state, params, 1.0)
+  ref_updates, _ = update(zeroed, state, params, 1.0)
   assert _all_finite(updates)
   assert _all_finite(optax.apply_updates(params, updates))
   chex.assert_trees_all_close(updates, ref_updates)
