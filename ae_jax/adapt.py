@@ -13,14 +13,15 @@ hyperparameters, writes the coefficients back into the base's
 
 Data flow of one ``update(grads, state, params, value=loss)``::
 
-  grads ──nan_to_num──► g ──► base.update (with a_t) ──► updates ──(+ξ)──►
-        └─► gradient_stats(g, momentum) ─► controller ─► a_{t+1} ─► hyperparams
+  grads ─► gradient_stats(raw g, momentum) ─► controller ─► a_{t+1} ─► hyperparams
+        └─► nan_to_num ─► base.update (with a_{t+1}) ─► updates ─(+ξ)─►
 
-With ``delayed=True`` (the presets' default) the statistics of step t steer
-the coefficients of step t+1, so the reductions over ``g`` do not hold up the
-update and can share its pass over memory. ``delayed=False`` is the
-reference's timing: ``a_{t+1}`` is computed from step t's gradient and
-applied to it.
+That is the default, the reference's timing: ``a_{t+1}`` is computed from step
+t's gradient and applied to it, so the emergency brake acts on the very step
+that tripped it. With ``delayed=True`` the base update runs with ``a_t`` and
+the controller's ``a_{t+1}`` waits for the next step, so exact reductions over
+``g`` do not hold up the update. With the sampled statistics of large models
+the two cost the same (``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def adapt(inner: optax.GradientTransformation,
           step_size: str = "learning_rate",
           noise: str | None = "sigma",
           momentum: str | None = "auto",
-          delayed: bool = True,
+          delayed: bool = False,
           seed: int = 0,
           stats_sample: int | None = None,
           energy_weight=0.05) -> optax.GradientTransformationExtraArgs:
@@ -187,8 +188,8 @@ def adapt(inner: optax.GradientTransformation,
     momentum: the field of the inner state that ρ is measured against
       (``"auto"`` searches ``mu``, ``trace``, ``ema``); ``None``, or none
       found, measures ρ against the previous gradient, kept in the state.
-    delayed: steer step t+1 with step t's statistics (fast, see module doc);
-      ``False`` applies them at step t, as the reference does.
+    delayed: steer step t+1 with step t's statistics (see the module doc);
+      ``False`` (default) applies them at step t, as the reference does.
     seed: seed of the PRNG key (noise ξ_t and sampled statistics).
     stats_sample: for models with more parameters than this, estimate the
       gradient statistics from about this many sampled elements (see

@@ -205,7 +205,7 @@ def _finish(inner, specs, laws_chain, *, delayed, seed, momentum="auto"):
 def ae_sgdm(learning_rate: float = 1e-2, momentum: float = 0.9, *,
             sigma: float = 0.0, learning_rate_bounds=None,
             momentum_bounds=(0.0, 0.99), sigma_bounds=None,
-            laws_chain=None, delayed: bool = True, seed: int = 0,
+            laws_chain=None, delayed: bool = False, seed: int = 0,
             ) -> optax.GradientTransformationExtraArgs:
   """AE-SGDm: SGD with EMA momentum whose α, β (``momentum``) and σ evolve.
 
@@ -268,7 +268,7 @@ def _adam_specs(learning_rate, b1, b2, eps, sigma, learning_rate_bounds,
 def ae_adam(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
             eps: float = 1e-8, *, sigma: float = 0.0,
             learning_rate_bounds=None, sigma_bounds=None, laws_chain=None,
-            delayed: bool = True, seed: int = 0,
+            delayed: bool = False, seed: int = 0,
             ) -> optax.GradientTransformationExtraArgs:
   """AE-Adam: Adam whose α, β1, β2, ε and σ evolve (theory section 6).
 
@@ -302,7 +302,7 @@ def ae_adamw(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
              eps: float = 1e-8, weight_decay: float = 1e-4, *,
              sigma: float = 0.0, learning_rate_bounds=None,
              weight_decay_bounds=None, sigma_bounds=None, laws_chain=None,
-             delayed: bool = True, seed: int = 0,
+             delayed: bool = False, seed: int = 0,
              ) -> optax.GradientTransformationExtraArgs:
   """AE-AdamW: AdamW whose α, β1, β2, ε, λ and σ evolve (theory section 6).
 

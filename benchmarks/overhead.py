@@ -3,8 +3,8 @@
 Times, in one run and interleaved round by round, the jitted step
 ``update + apply_updates`` of
 
-* ``ae_jax.ae_adamw`` (the canonical preset, ``delayed=True``),
-* ``ae_jax.ae_adamw(delayed=False)`` (the reference's timing),
+* ``ae_jax.ae_adamw`` (the canonical preset, the reference's timing),
+* ``ae_jax.ae_adamw(delayed=True)`` (coefficients applied one step later),
 * ``optax.adamw``,
 * ``optax.inject_hyperparams(optax.adamw)``,
 * ``optax.contrib.prodigy``,
@@ -47,7 +47,7 @@ def make_params(total: int, leaves: int = 4, seed: int = 0):
 def optimizers(lr: float = 1e-3):
   return {
       "ae_adamw": (ae.ae_adamw(lr), True),
-      "ae_adamw(delayed=False)": (ae.ae_adamw(lr, delayed=False), True),
+      "ae_adamw(delayed=True)": (ae.ae_adamw(lr, delayed=True), True),
       "optax.adamw": (optax.adamw(lr), False),
       "inject_hyperparams(adamw)": (
           optax.inject_hyperparams(optax.adamw)(learning_rate=lr), False),

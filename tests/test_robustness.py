@@ -33,8 +33,11 @@ def _grads(scale=0.1):
 @functools.lru_cache(maxsize=None)
 def _preset(name):
   """One optimizer and one jitted update per preset, shared by the tests
-  (compiling is most of their cost)."""
-  tx = PRESETS[name]()
+  (compiling is most of their cost). Delayed timing: the step that sees a
+  bad gradient is applied at the rate set before it, so it can be compared
+  with its clean twin; the brake then shows in the next rate (the default
+  timing brakes the same step: test_brake_timing covers both)."""
+  tx = PRESETS[name](delayed=True)
   return tx, jax.jit(lambda g, s, p, v: tx.update(g, s, p, value=v))
 
 
@@ -413,7 +416,8 @@ def test_empty_pytree(preset):
 
 @functools.lru_cache(maxsize=None)
 def _noisy_run(sigma, seed, steps=5):
-  tx = ae.ae_sgdm(1e-2, sigma=sigma, seed=seed)
+  # Delayed timing: the first step runs at exactly the initial α and β.
+  tx = ae.ae_sgdm(1e-2, sigma=sigma, seed=seed, delayed=True)
   params = {"w": jnp.zeros((64,)), "b": jnp.zeros((3,))}
   loss_fn = lambda p: jnp.sum(jnp.square(p["w"] - 1.0)) + jnp.sum(
       jnp.square(p["b"]))
