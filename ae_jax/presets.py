@@ -32,7 +32,6 @@ from ae_jax import laws
 from ae_jax.adapt import adapt
 from ae_jax.coefficient import Coefficient, check_positive
 from ae_jax.controller import Brake
-from ae_jax.measurement import FilterConfig
 
 LEARNING_RATE = "learning_rate"
 SIGMA = "sigma"
@@ -139,8 +138,10 @@ def injected(factory, **hyperparams) -> optax.GradientTransformationExtraArgs:
     new_updates, new_state = build(updates).update(updates, state, params,
                                                    **extra_args)
     # float32 hyperparameters promote low-precision moments (optax's mu,
-    # ema); keep the state's dtypes fixed so it can be a lax.scan carry.
-    return new_updates, optax.tree.cast_like(new_state, state)
+    # ema) and updates; keep the state's dtypes fixed so it can be a
+    # lax.scan carry, and return updates in the gradients' dtype, as optax.
+    return (optax.tree.cast_like(new_updates, updates),
+            optax.tree.cast_like(new_state, state))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -198,7 +199,7 @@ def _finish(inner, specs, laws_chain, *, delayed, seed, momentum="auto"):
   cap = {n: 0.5 for n in ("momentum", "b1") if n in names}
   return adapt(inner, specs, laws_chain,
                brake=Brake(scale={LEARNING_RATE: 0.1}, cap=cap),
-               filters=FilterConfig(), delayed=delayed, seed=seed,
+               delayed=delayed, seed=seed,
                momentum=momentum, stats_sample=STATS_SAMPLE)
 
 

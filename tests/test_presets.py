@@ -11,14 +11,6 @@ import pytest
 import ae_jax as ae
 
 
-@pytest.fixture
-def x64():
-  previous = jax.config.read("jax_enable_x64")
-  jax.config.update("jax_enable_x64", True)
-  yield
-  jax.config.update("jax_enable_x64", previous)
-
-
 class Trajectory(NamedTuple):
   theta: jax.Array          # (steps, ...) parameters after each step
   coefficients: dict        # name -> (steps,) coefficient values

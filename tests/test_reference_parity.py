@@ -37,14 +37,6 @@ RTOL = 1e-9
 STEPS = 300
 
 
-@pytest.fixture
-def x64():
-  previous = jax.config.read("jax_enable_x64")
-  jax.config.update("jax_enable_x64", True)
-  yield
-  jax.config.update("jax_enable_x64", previous)
-
-
 def _close(name, step, mine, theirs):
   """Relative 1e-9, or both exactly 0."""
   mine, theirs = np.asarray(mine, np.float64), np.asarray(theirs, np.float64)

@@ -464,3 +464,11 @@ def test_zero_sigma_is_deterministic_and_noiseless():
   # Every entry of w sees the same gradient, so without noise the entries
   # stay exactly equal.
   assert bool(jnp.all(a["w"] == a["w"][0]))
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_bf16_updates_keep_the_parameters_dtype(preset):
+  params = {"w": jnp.ones((4,), jnp.bfloat16)}
+  tx = PRESETS[preset]()
+  updates, _ = tx.update(params, tx.init(params), params, value=1.0)
+  assert updates["w"].dtype == jnp.bfloat16
