@@ -99,6 +99,7 @@ class FilterState(NamedTuple):
   count: chex.Array  # samples seen so far, int32
   prev_loss: chex.Array
   prev_reward: chex.Array
+  reward_seen: chex.Array  # 1.0 once a reward has been passed
   loss_mean: chex.Array
   T: chex.Array
   T_scale: chex.Array
@@ -409,7 +410,9 @@ def measure(state: FilterState, config: FilterConfig, loss, stats: GradStats,
     r_delta = jnp.zeros([], dtype)
   else:
     reward_now = sanitize_loss(jnp.asarray(reward, dtype), config.loss_limit)
-    r_delta = jnp.where(first, 0.0, reward_now - state.prev_reward)
+    # The first reward starts the trend at 0, even if it arrives after step 0.
+    r_delta = jnp.where(state.reward_seen > 0, reward_now - state.prev_reward,
+                        0.0)
   r_acc, reward_trend = ema(state.R, r_delta, config.trend, count, mode)
   rs_acc, reward_scale = ema(state.R_scale, jnp.abs(r_delta), config.trend,
                              count, mode)
@@ -437,7 +440,10 @@ def measure(state: FilterState, config: FilterConfig, loss, stats: GradStats,
                     brake=zero)
   new_state = FilterState(
       count=optax.safe_increment(count), prev_loss=loss,
-      prev_reward=reward_now, loss_mean=loss_mean, T=t_acc, T_scale=ts_acc,
+      prev_reward=reward_now,
+      reward_seen=(state.reward_seen if reward is None
+                   else jnp.ones_like(state.reward_seen)),
+      loss_mean=loss_mean, T=t_acc, T_scale=ts_acc,
       V=v_acc, R=r_acc, R_scale=rs_acc, S=s_acc, V_star=vs_acc,
       S_star=ss_acc)
   return signals, new_state

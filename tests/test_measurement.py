@@ -302,3 +302,15 @@ def test_gradient_stats_count_and_sanitise_nonfinite_entries():
   assert float(stats.nonfinite) == 3.0
   np.testing.assert_allclose(float(stats.sum), 3.0, rtol=1e-6)
   np.testing.assert_allclose(float(stats.sumsq), 5.0 + 2e12, rtol=1e-6)
+
+
+def test_a_late_first_reward_does_not_read_as_a_jump():
+  config = measurement.FilterConfig()
+  state = measurement.init_filters()
+  stats = measurement.gradient_stats({"w": jnp.ones(2)})
+  for _ in range(3):
+    _, state = measurement.measure(state, config, 1.0, stats)
+  signals, state = measurement.measure(state, config, 1.0, stats, reward=5.0)
+  assert float(signals.R) == 0.0
+  signals, state = measurement.measure(state, config, 1.0, stats, reward=6.0)
+  assert float(signals.R) > 0.0
