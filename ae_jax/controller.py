@@ -220,8 +220,6 @@ def controller(coefficients: Sequence[Coefficient], laws, *,
     sig, filt = measurement.measure(state.filters, filters, loss, stats,
                                     reward)
     loss = jnp.asarray(loss, dtype)
-    # >=: an infinite entry is clipped to exactly grad_limit, so a lone
-    # ±inf among small entries gives ‖g‖ == grad_limit in float32.
     fire = ~jnp.isfinite(sig.gnorm) | (sig.gnorm > brake.grad_limit)
     if brake.nonfinite_grad:
       fire = fire | (stats.nonfinite > 0)
