@@ -193,20 +193,25 @@ def _mlp_problem():
   return params, loss_fn
 
 
-def _train(tx, params, loss_fn, steps, read_lr):
+def _scan_train(tx, loss_fn, params, steps, record):
+  """``steps`` steps of ``tx`` on ``loss_fn`` in one jitted lax.scan;
+  ``record(loss, updates, params, state)`` is stacked per step."""
   def step(carry, _):
     p, s = carry
     loss, g = jax.value_and_grad(loss_fn)(p)
     u, s = tx.update(g, s, p, value=loss)
     p = optax.apply_updates(p, u)
-    return (p, s), (loss, _all_finite_traced(p), read_lr(s))
+    return (p, s), record(loss, u, p, s)
 
-  @jax.jit
-  def run(p):
-    (p, _), trace = jax.lax.scan(step, (p, tx.init(p)), None, length=steps)
-    return loss_fn(p), trace
+  return jax.jit(lambda p: jax.lax.scan(step, (p, tx.init(p)), None,
+                                        length=steps))(params)
 
-  return run(params)
+
+def _train(tx, params, loss_fn, steps, read_lr):
+  (params, _), trace = _scan_train(
+      tx, loss_fn, params, steps,
+      lambda loss, u, p, s: (loss, _all_finite_traced(p), read_lr(s)))
+  return loss_fn(params), trace
 
 
 def _all_finite_traced(tree):
@@ -354,18 +359,8 @@ def test_bfloat16_state_dtypes_fixed(preset):
 def test_scalar_parameter(preset):
   tx = PRESETS[preset]()
   loss_fn = lambda p: jnp.square(p - 3.0)
-  params = jnp.asarray(0.0)
-
-  @jax.jit
-  def run(p):
-    def step(carry, _):
-      p, s = carry
-      loss, g = jax.value_and_grad(loss_fn)(p)
-      u, s = tx.update(g, s, p, value=loss)
-      return (optax.apply_updates(p, u), s), loss
-    return jax.lax.scan(step, (p, tx.init(p)), None, length=30)
-
-  (params, state), losses = run(params)
+  (params, state), losses = _scan_train(
+      tx, loss_fn, jnp.asarray(0.0), 30, lambda loss, u, p, s: loss)
   assert params.shape == () and bool(jnp.isfinite(params))
   assert float(losses[-1]) < float(losses[0])
   assert _all_finite(ae.signals(state))
@@ -422,16 +417,8 @@ def _noisy_run(sigma, seed, steps=5):
   loss_fn = lambda p: jnp.sum(jnp.square(p["w"] - 1.0)) + jnp.sum(
       jnp.square(p["b"]))
 
-  @jax.jit
-  def run(p):
-    def step(carry, _):
-      p, s = carry
-      loss, g = jax.value_and_grad(loss_fn)(p)
-      u, s = tx.update(g, s, p, value=loss)
-      return (optax.apply_updates(p, u), s), u
-    return jax.lax.scan(step, (p, tx.init(p)), None, length=steps)
-
-  (params, state), updates = run(params)
+  (params, state), updates = _scan_train(tx, loss_fn, params, steps,
+                                         lambda loss, u, p, s: u)
   return params, state, updates
 
 
