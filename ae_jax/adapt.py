@@ -266,14 +266,14 @@ def adapt(inner: optax.GradientTransformation,
     inner_state = inner.init(params)
     for s in _inject_states(inner_state):
       for name in names:
-        if name in s.hyperparams and jnp.finfo(
-            jnp.asarray(s.hyperparams[name]).dtype).bits < 32:
+        held = jnp.asarray(s.hyperparams.get(name, 0.0)).dtype
+        if jnp.issubdtype(held, jnp.floating) and jnp.finfo(held).bits < 32:
           raise ValueError(
-              f"adapt: the inner optimizer holds {name!r} in "
-              f"{jnp.asarray(s.hyperparams[name]).dtype} (inject_hyperparams "
-              f"uses the parameters' dtype), too coarse to adapt (b2 = 0.999 "
-              f"rounds to 1 in bfloat16). Build it with ae.injected(...) or "
-              f"inject_hyperparams(..., hyperparam_dtype=jnp.float32)")
+              f"adapt: the inner optimizer holds {name!r} in {held} "
+              f"(inject_hyperparams uses the parameters' dtype), too coarse "
+              f"to adapt (b2 = 0.999 rounds to 1 in bfloat16). Build it with "
+              f"ae.injected(...) or inject_hyperparams(..., "
+              f"hyperparam_dtype=jnp.float32)")
     inner_state = write_hyperparams(inner_state, cstate.values)
     key = jax.random.PRNGKey(seed)
     plan = plan_for(params)
