@@ -11,6 +11,7 @@ Quick start::
 """
 
 from ae_jax import laws
+from ae_jax import machine
 from ae_jax import measurement
 from ae_jax.adapt import AdaptState, adapt, reseed
 from ae_jax.coefficient import Coefficient
@@ -27,6 +28,6 @@ __all__ = [
     "AdaptState", "Brake", "Coefficient", "Controller", "ControllerState",
     "FilterConfig", "GradStats", "Signals", "adapt", "ae_adam", "ae_adamw",
     "ae_sgdm", "canonical_laws", "coefficients", "controller", "ema_sgd",
-    "injected", "laws", "measurement", "reference_agent", "reseed",
+    "injected", "laws", "machine", "measurement", "reference_agent", "reseed",
     "signals",
 ]
