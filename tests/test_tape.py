@@ -85,3 +85,30 @@ def test_copy_task_with_an_ae_optimizer(x64):
   # Much lower: the target is recalled to ~1e-3 (seen: MSE ~1e-7).
   np.testing.assert_allclose(np.asarray(recall), np.asarray(task.target),
                              atol=2e-3)
+
+
+def test_shift_moves_the_pointer_with_wraparound():
+  head = jax.nn.one_hot(3, 5)
+  forward = tape.shift(head, jnp.array([0.0, 0.0, 1.0]))
+  backward = tape.shift(head, jnp.array([1.0, 0.0, 0.0]))
+  np.testing.assert_allclose(np.asarray(forward), np.asarray(jax.nn.one_hot(4, 5)))
+  np.testing.assert_allclose(np.asarray(backward), np.asarray(jax.nn.one_hot(2, 5)))
+  wrapped = tape.shift(jax.nn.one_hot(4, 5), jnp.array([0.0, 0.0, 1.0]))
+  np.testing.assert_allclose(np.asarray(wrapped), np.asarray(jax.nn.one_hot(0, 5)))
+  blurred = tape.shift(head, jnp.array([0.25, 0.5, 0.25]))
+  np.testing.assert_allclose(float(blurred.sum()), 1.0, rtol=1e-6)
+  sharp = tape.sharpen(blurred, 20.0)
+  assert float(sharp[3]) > 0.99
+
+
+def test_the_machine_learns_to_reverse_a_sequence(x64):
+  task = tape.PointerTask(n_cells=8, length=5, direction=-1)
+  train = jax.random.normal(jax.random.PRNGKey(0), (32, 5, 4))
+  held_out = jax.random.normal(jax.random.PRNGKey(2), (32, 5, 4))
+  theta0 = 0.01 * jax.random.normal(jax.random.PRNGKey(1), (task.size,))
+  loss0 = float(task.loss(theta0, held_out))
+  result = ae.machine.run(lambda th: task.loss(th, train), theta0,
+                          ae.ae_adam(5e-2), 600, accept=_never)
+  # Only the addressing is learned, so it transfers to unseen sequences
+  # (seen: 0.88 -> 5e-5; plain adam at the same rate 2e-4).
+  assert float(task.loss(result.params, held_out)) < 1e-3 * loss0
