@@ -10,6 +10,7 @@ Usage::
 
   ae-jax demo                      # AE-AdamW vs AdamW on sklearn digits
   ae-jax demo --steps 500 --seeds 2 --out demo.png
+  ae-jax machine                   # the AE machine: quadratic and tape
   python -m ae_jax demo --no-plot
 """
 
@@ -85,8 +86,31 @@ def _add_demo(subparsers) -> None:
   p.set_defaults(handler=_run_demo)
 
 
+def _run_machine(args: argparse.Namespace) -> int:
+  from ae_jax import machine
+
+  machine.demo(every=args.every, max_steps=args.max_steps)
+  return 0
+
+
+def _add_machine(subparsers) -> None:
+  p = subparsers.add_parser(
+      "machine", help="the AE machine on the reference quadratic and the "
+      "tape copy task",
+      description=(
+          "Runs ae.machine.run on the reference quadratic (until the "
+          "default stationary-point predicate holds) and on the tape copy "
+          "task, and prints the trajectory table the reference runner "
+          "prints."))
+  p.add_argument("--every", type=_positive_int, default=25,
+                 help="print every N steps (default: %(default)s)")
+  p.add_argument("--max-steps", type=_positive_int, default=400,
+                 help="step budget of each run (default: %(default)s)")
+  p.set_defaults(handler=_run_machine)
+
+
 # Subcommand registrars, in the order `--help` lists them.
-SUBCOMMANDS: tuple[Callable, ...] = (_add_demo,)
+SUBCOMMANDS: tuple[Callable, ...] = (_add_demo, _add_machine)
 
 
 def build_parser() -> argparse.ArgumentParser:

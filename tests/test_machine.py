@@ -93,3 +93,11 @@ def test_run_compiles_once():
   for start in (jnp.zeros(2), jnp.ones(2), -jnp.ones(2)):
     go(start)
   assert len(traces) == 1
+
+
+def test_cli_machine_prints_the_trajectory_tables(capsys):
+  from ae_jax import cli
+  assert cli.main(["machine", "--max-steps", "60", "--every", "30"]) == 0
+  out = capsys.readouterr().out
+  assert "quadratic" in out and "copy task" in out
+  assert out.count(" step |") == 2 and "alpha" in out and "recall" in out
