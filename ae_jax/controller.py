@@ -290,17 +290,20 @@ def _unbox(x):
   return x.value
 
 
+def _controller_state(state) -> ControllerState:
+  return _find(jax.tree.map(_unbox, state, is_leaf=_boxed), ControllerState)
+
+
 def coefficients(state) -> dict[str, jax.Array]:
   """The current coefficient values, by name, from any state holding a controller."""
-  found = _find(jax.tree.map(_unbox, state, is_leaf=_boxed), ControllerState)
-  return dict(found.values)
+  return dict(_controller_state(state).values)
 
 
 def signals(state) -> dict[str, jax.Array]:
   """The last step's signals (``'T'``, ``'V'``, ``'R'``, ``'rho'``, ``'S'``,
   ``'gamma'``, ...) and the Lyapunov ``'energy'``, from any state holding a
   controller."""
-  found = _find(jax.tree.map(_unbox, state, is_leaf=_boxed), ControllerState)
+  found = _controller_state(state)
   out = found.signals._asdict()
   out["energy"] = found.energy
   return out

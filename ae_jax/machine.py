@@ -44,7 +44,8 @@ class StepInfo(NamedTuple):
     loss: the loss at the parameters this step started from.
     gnorm: the gradient norm there.
     first_loss: the loss at the initial parameters.
-    first_gnorm: the gradient norm at the initial parameters.
+    first_gnorm: the gradient norm at the initial parameters (both are
+      measured by the first step, so no gradient is computed twice).
     signals: ``ae.signals(state)`` after the step (empty for a non-AE
       optimizer).
   """
@@ -152,17 +153,16 @@ def run(loss_fn: Callable[[Any], chex.Array], params, tx, max_steps: int, *,
     raise ValueError(f"run: max_steps must be >= 1, got {max_steps}")
   accept = accept or stationary_accept()
   state = tx.init(params)
-  is_ae = bool(_signals_and_coefficients(state)[0])
-  value_and_grad = jax.value_and_grad(loss_fn)
-  first_loss, first_grads = value_and_grad(params)
-  first_gnorm = optax.tree.norm(first_grads)
-
   signals0, coefficients0 = _signals_and_coefficients(state)
-  logged = {"loss": first_loss, "gnorm": first_gnorm}
-  logged.update({k: signals0[k] for k in LOGGED_SIGNALS if is_ae})
-  logged.update(coefficients0)
-  log = {k: jnp.full((max_steps,), jnp.nan, jnp.result_type(v, jnp.float32))
-         for k, v in logged.items()}
+  is_ae = bool(signals0)
+  value_and_grad = jax.value_and_grad(loss_fn)
+  loss_dtype = jax.eval_shape(value_and_grad, params)[0].dtype
+
+  logged = {"loss": loss_dtype, "gnorm": loss_dtype}
+  logged.update({k: signals0[k].dtype for k in LOGGED_SIGNALS if is_ae})
+  logged.update({k: v.dtype for k, v in coefficients0.items()})
+  log = {k: jnp.full((max_steps,), jnp.nan, jnp.result_type(d, jnp.float32))
+         for k, d in logged.items()}
 
   def one_step(params, state):
     loss, grads = value_and_grad(params)
@@ -172,12 +172,16 @@ def run(loss_fn: Callable[[Any], chex.Array], params, tx, max_steps: int, *,
         optax.tree.norm(grads)
 
   def cond(carry):
-    _, _, step, done, _ = carry
+    _, _, step, done, _, _ = carry
     return (step < max_steps) & ~done
 
   def body(carry):
-    params, state, step, done, log = carry
+    params, state, step, done, first, log = carry
     new_params, new_state, loss, gnorm = one_step(params, state)
+    # The first step measures at the initial parameters: its loss and
+    # gradient norm are the references of the relative predicates.
+    first_loss, first_gnorm = jax.tree.map(
+        lambda f, x: jnp.where(step == 0, x, f), first, (loss, gnorm))
     signals, coefficients = _signals_and_coefficients(new_state)
     info = StepInfo(step=step + 1, loss=loss, gnorm=gnorm,
                     first_loss=first_loss, first_gnorm=first_gnorm,
@@ -193,10 +197,13 @@ def run(loss_fn: Callable[[Any], chex.Array], params, tx, max_steps: int, *,
         lambda o, n: jnp.where(done, o, n), old, new)
     return (keep(params, new_params), keep(state, new_state),
             jnp.where(done, step, step + 1), done | accept(info),
-            keep(log, new_log))
+            (first_loss, first_gnorm), keep(log, new_log))
 
-  init = (params, state, jnp.zeros([], jnp.int32), jnp.zeros([], bool), log)
-  params, state, steps, accepted, log = jax.lax.while_loop(cond, body, init)
+  zero = jnp.zeros([], loss_dtype)
+  init = (params, state, jnp.zeros([], jnp.int32), jnp.zeros([], bool),
+          (zero, zero), log)
+  params, state, steps, accepted, _, log = jax.lax.while_loop(cond, body,
+                                                              init)
   return MachineResult(params=params, state=state, steps=steps,
                        accepted=accepted, log=log)
 
