@@ -17,8 +17,8 @@ from ae_jax.adapt import AdaptState, adapt, reseed
 from ae_jax.coefficient import Coefficient
 from ae_jax.controller import (Brake, Controller, ControllerState,
                                coefficients, controller, signals)
-from ae_jax.presets import (ae_adam, ae_adamw, ae_sgdm, canonical_laws,
-                            ema_sgd, injected)
+from ae_jax.presets import (LawGains, ae_adam, ae_adamw, ae_sgdm,
+                            canonical_laws, default_gains, ema_sgd, injected)
 from ae_jax.reference import reference_agent
 from ae_jax.measurement import FilterConfig, GradStats, Signals
 
@@ -26,8 +26,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdaptState", "Brake", "Coefficient", "Controller", "ControllerState",
-    "FilterConfig", "GradStats", "Signals", "adapt", "ae_adam", "ae_adamw",
-    "ae_sgdm", "canonical_laws", "coefficients", "controller", "ema_sgd",
+    "FilterConfig", "GradStats", "LawGains", "Signals", "adapt", "ae_adam", "ae_adamw",
+    "ae_sgdm", "canonical_laws", "coefficients", "controller", "default_gains", "ema_sgd",
     "injected", "laws", "machine", "measurement", "reference_agent", "reseed",
     "signals",
 ]

@@ -162,7 +162,8 @@ def adapt(inner: optax.GradientTransformation,
           delayed: bool = False,
           seed: int = 0,
           stats_sample: int | None = None,
-          energy_weight=0.05) -> optax.GradientTransformationExtraArgs:
+          energy_weight=0.05,
+          smooth=False) -> optax.GradientTransformationExtraArgs:
   """Drives the hyperparameters of ``inner`` with the AE laws every step.
 
   Example::
@@ -195,6 +196,8 @@ def adapt(inner: optax.GradientTransformation,
       gradient statistics from about this many sampled elements (see
       :func:`ae_jax.measurement.sampled_gradient_stats`); ``None`` is exact.
     energy_weight: weight of the leak term in the Lyapunov energy.
+    smooth: AE-9 smooth brake and projection (see
+      :func:`ae_jax.controller`); the laws take their own ``smooth``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` requires
@@ -244,7 +247,7 @@ def adapt(inner: optax.GradientTransformation,
   names = [c.name for c in specs]
   ctrl = controller_lib.controller(
       specs, laws, filters=filters, brake=brake, step_size=step_size,
-      energy_weight=energy_weight)
+      energy_weight=energy_weight, smooth=smooth)
   momentum_field = _find_momentum_field(probe, momentum)
   inf_value = (brake or controller_lib.Brake()).inf_value
   # A σ held at a single value (σ = 0 by default) draws no noise at all.

@@ -114,9 +114,12 @@ def decode(specs: Sequence[Coefficient], z: Mapping[str, Any]) -> dict:
   return {c.name: c.from_z(z[c.name]) for c in specs}
 
 
-def project(specs: Sequence[Coefficient], z: Mapping[str, Any]) -> dict:
-  """Π_Ω in ``z`` coordinates."""
-  return {c.name: jnp.clip(z[c.name], *c.z_bounds()) for c in specs}
+def project(specs: Sequence[Coefficient], z: Mapping[str, Any],
+            temperature=None) -> dict:
+  """Π_Ω in ``z`` coordinates; with a ``temperature``, its smooth surrogate
+  (:func:`ae_jax.laws.soft_clip`, AE-9)."""
+  return {c.name: laws_lib.soft_clip(z[c.name], *c.z_bounds(), temperature)
+          for c in specs}
 
 
 def _validate_brake(brake: Brake, specs: Sequence[Coefficient]) -> None:
@@ -150,7 +153,7 @@ def controller(coefficients: Sequence[Coefficient], laws, *,
                filters: measurement.FilterConfig = measurement.FilterConfig(),
                brake: Brake | None = None,
                step_size: str | None = "learning_rate",
-               energy_weight=0.05) -> Controller:
+               energy_weight=0.05, smooth=False) -> Controller:
   """Builds a controller that evolves ``coefficients`` under ``laws``.
 
   Example (an entropy temperature driven by the reward, AE-RL)::
@@ -174,6 +177,12 @@ def controller(coefficients: Sequence[Coefficient], laws, *,
     step_size: name of the coefficient that plays α in γ = α‖g‖ (``None``:
       γ = ‖g‖).
     energy_weight: the weight γ of ``‖z - z̄‖²`` in the Lyapunov energy.
+    smooth: AE-9 smooth mode for the controller's own gates: the brake fires
+      with ``sigmoid(log(‖g‖/grad_limit)/τ)`` (soft OR with the loss test;
+      a non-finite loss or gradient still fires fully), its scale and cap
+      blend in ``z``, and Π_Ω is a soft clip of width τ in ``z``. ``True``
+      uses :data:`ae_jax.laws.DEFAULT_TEMPERATURE`; a number is τ. The law
+      chain has its own ``smooth`` arguments.
 
   Returns:
     A :class:`Controller`.
@@ -198,6 +207,7 @@ def controller(coefficients: Sequence[Coefficient], laws, *,
                      "optax.chain of ae_jax.laws)")
   laws = optax.with_extra_args_support(laws)
   geo = geometry(specs)
+  temp = laws_lib.temperature(smooth)
 
   def init(dtype=None) -> ControllerState:
     dtype = dtype or measurement.controller_dtype()
@@ -220,28 +230,45 @@ def controller(coefficients: Sequence[Coefficient], laws, *,
     sig, filt = measurement.measure(state.filters, filters, loss, stats,
                                     reward)
     loss = jnp.asarray(loss, dtype)
-    fire = ~jnp.isfinite(sig.gnorm) | (sig.gnorm > brake.grad_limit)
+    nonfinite = ~jnp.isfinite(sig.gnorm)
     if brake.nonfinite_grad:
-      fire = fire | (stats.nonfinite > 0)
+      nonfinite = nonfinite | (stats.nonfinite > 0)
+    fire = laws_lib.gate(
+        jnp.log(jnp.where(nonfinite, 1.0, sig.gnorm) / brake.grad_limit), temp)
     if brake.loss_limit is not None:
-      fire = fire | ~jnp.isfinite(loss) | (jnp.abs(loss) > brake.loss_limit)
+      nonfinite = nonfinite | ~jnp.isfinite(loss)
+      size = jnp.maximum(jnp.abs(jnp.where(jnp.isfinite(loss), loss, 0.0)),
+                         1e-30)
+      fire = laws_lib.either(
+          fire, laws_lib.gate(jnp.log(size / brake.loss_limit), temp))
+    fire = jnp.where(nonfinite, 1.0, fire).astype(dtype)
     z = dict(state.z)
-    values = decode(specs, z)
     for c in specs:
-      braked = values[c.name]
-      if c.name in brake.scale:
-        braked = jnp.maximum(braked * brake.scale[c.name], c.lower)
+      if c.name not in brake.scale and c.name not in brake.cap:
+        continue
+      # Braking happens in z: the scale is a shift of log α, the cap a
+      # ceiling in the coefficient's own coordinate.
+      braked = z[c.name]
+      if c.name in brake.scale and c.param == "log":
+        braked = laws_lib.soft_clip(braked + math.log(brake.scale[c.name]),
+                                    *c.z_bounds(), temp)
+      elif c.name in brake.scale:  # hard floor, also in smooth mode
+        braked = c.to_z(jnp.maximum(c.from_z(braked) * brake.scale[c.name],
+                                    c.lower))
       if c.name in brake.cap:
-        braked = jnp.minimum(braked, brake.cap[c.name])
-      if c.name in brake.scale or c.name in brake.cap:
-        z[c.name] = jnp.where(fire, c.to_z(braked).astype(dtype), z[c.name])
+        braked = laws_lib.soft_min(braked, c.to_z(brake.cap[c.name]), temp)
+      braked = braked.astype(dtype)
+      if temp is None:
+        z[c.name] = jnp.where(fire > 0, braked, z[c.name])
+      else:
+        z[c.name] = z[c.name] + fire * (braked - z[c.name])
     values = decode(specs, z)
-    sig = sig._replace(brake=fire.astype(dtype))
+    sig = sig._replace(brake=fire)
 
     zeros = jax.tree.map(jnp.zeros_like, z)
     dz, law_state = laws.update(zeros, state.laws, z, signals=sig,
                                 coefficients=values, geometry=geo)
-    z = project(specs, {n: z[n] + dz[n] for n in z})
+    z = project(specs, {n: z[n] + dz[n] for n in z}, temp)
     values = decode(specs, z)
     alpha = values[step_size] if step_size else 1.0
     sig = sig._replace(gamma=alpha * sig.gnorm)

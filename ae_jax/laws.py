@@ -89,6 +89,75 @@ def _stateless(law: str, names, update_fn) -> optax.GradientTransformationExtraA
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+# -- AE-9: smooth surrogates of the hard gates -------------------------------
+
+# Temperature used by ``smooth=True``. Each gate reads its argument in its
+# own natural unit (a relative margin, a log ratio, a fraction of a bound), so
+# one number fits all of them; docs/laws.md lists each surrogate.
+DEFAULT_TEMPERATURE = 0.1
+
+
+def temperature(smooth) -> Any:
+  """The gate temperature selected by a ``smooth`` argument.
+
+  ``False``/``None``/``0`` select the hard gates (``None`` is returned),
+  ``True`` selects :data:`DEFAULT_TEMPERATURE`, a positive number is used as
+  is (it may be traced).
+  """
+  if smooth is None or smooth is False:
+    return None
+  if smooth is True:
+    return DEFAULT_TEMPERATURE
+  if isinstance(smooth, jax.core.Tracer):
+    return smooth
+  if not float(smooth) >= 0:
+    raise ValueError(f"smooth must be a bool or a temperature >= 0, got "
+                     f"{smooth!r}")
+  return None if float(smooth) == 0 else float(smooth)
+
+
+def gate(margin, temp):
+  """``1{margin > 0}``, or ``sigmoid(margin / temp)`` when ``temp`` is set."""
+  margin = jnp.asarray(margin)
+  if temp is None:
+    return (margin > 0).astype(margin.dtype)
+  return jax.nn.sigmoid(margin / temp)
+
+
+def either(a, b):
+  """Soft OR of two gates in [0, 1] (exactly ``a | b`` for 0/1 gates)."""
+  return 1.0 - (1.0 - a) * (1.0 - b)
+
+
+def soft_max(x, lower, temp):
+  """``max(x, lower)``; ``lower + temp·softplus((x - lower)/temp)`` when smooth.
+
+  The surrogate is above ``max`` by at most ``temp·log 2`` (at ``x = lower``).
+  """
+  if temp is None:
+    return jnp.maximum(x, lower)
+  return lower + temp * jax.nn.softplus((x - lower) / temp)
+
+
+def soft_min(x, upper, temp):
+  """``min(x, upper)``, smooth like :func:`soft_max`."""
+  if temp is None:
+    return jnp.minimum(x, upper)
+  return upper - temp * jax.nn.softplus((upper - x) / temp)
+
+
+def soft_clip(x, lower, upper, temp):
+  """``clip(x, lower, upper)`` with infinite bounds skipped; smooth when
+  ``temp`` is set (exact clip as ``temp → 0``)."""
+  if temp is None:
+    return jnp.clip(x, lower, upper)
+  if math.isfinite(lower):
+    x = soft_max(x, lower, temp)
+  if math.isfinite(upper):
+    x = soft_min(x, upper, temp)
+  return x
+
+
 # -- AE-2: drive --------------------------------------------------------------
 
 
@@ -204,7 +273,8 @@ def drive(gains: Mapping[str, DriveGains], *, rho_star=0.3, tau_p=1.0,
 
 def noise(coefficient: str = "sigma", *, stall=0.5, uncertainty=0.4,
           instability=0.4, quality=0.2, stall_threshold=0.25,
-          quality_target=0.5) -> optax.GradientTransformationExtraArgs:
+          quality_target=0.5, smooth=False,
+          ) -> optax.GradientTransformationExtraArgs:
   """AE-4, the noise law: the drive of the exploration temperature σ.
 
   .. math::
@@ -227,13 +297,18 @@ def noise(coefficient: str = "sigma", *, stall=0.5, uncertainty=0.4,
     quality: κ_a, push with step quality.
     stall_threshold: τ_T of the stall test.
     quality_target: A*.
+    smooth: replace the stall indicator by
+      ``sigmoid((1 - |T|/ε_T) / τ)`` (AE-9); ``True`` uses
+      :data:`DEFAULT_TEMPERATURE`, a number is the temperature τ.
   """
+  temp = temperature(smooth)
 
   def update_fn(updates, state, params=None, *, signals, **extra_args):
     del params, extra_args
-    stalled = jnp.abs(signals.T) < stall_threshold * jnp.sqrt(signals.V_star)
+    eps_t = stall_threshold * jnp.sqrt(signals.V_star)
+    stalled = gate(1.0 - jnp.abs(signals.T) / eps_t, temp)
     step_quality = 0.5 * (signals.rho + 1.0)
-    u = (stall * stalled.astype(signals.T.dtype)
+    u = (stall * stalled
          + uncertainty * signals.S / signals.S_star
          - instability * signals.V / signals.V_star
          + quality * (step_quality - quality_target))
@@ -438,7 +513,7 @@ class BudgetState(NamedTuple):
 
 def budget(max_step: Mapping[str, Any] | None = None, *, bound=None,
            eta_dual=0.0, weights: Mapping[str, Any] | None = None,
-           ) -> optax.GradientTransformationExtraArgs:
+           smooth=False) -> optax.GradientTransformationExtraArgs:
   """AE-6, budget/continuity: bounds the adaptation power of each step.
 
   .. math::
@@ -458,7 +533,11 @@ def budget(max_step: Mapping[str, Any] | None = None, *, bound=None,
     bound: the power budget B; ``None`` disables the dual variable.
     eta_dual: η_λ.
     weights: the diagonal metric M (default 1 for every coefficient).
+    smooth: AE-9 surrogates: the trust region becomes
+      ``m·softclip(Δz/m, ±1; τ)`` and ``[·]_+`` becomes
+      ``τB·softplus(·/(τB))``; ``True`` uses :data:`DEFAULT_TEMPERATURE`.
   """
+  temp = temperature(smooth)
   max_step = {k: v for k, v in (max_step or {}).items() if v is not None}
   weights = dict(weights or {})
   check_nonnegative("ae_jax.laws.budget: ", eta_dual=eta_dual)
@@ -477,13 +556,15 @@ def budget(max_step: Mapping[str, Any] | None = None, *, bound=None,
     for name, dz in updates.items():
       dz = dz * scale
       if name in max_step:
-        dz = jnp.clip(dz, -max_step[name], max_step[name])
+        bound_i = max_step[name]
+        dz = bound_i * soft_clip(dz / bound_i, -1.0, 1.0, temp)
       steps[name] = dz
     dual = state.dual
     if bound is not None:
       power = sum((weights.get(n, 1.0) * jnp.square(d)
                    for n, d in steps.items()), jnp.zeros_like(dual))
-      dual = jnp.maximum(dual + eta_dual * (power - bound), 0.0)
+      dual = soft_max(dual + eta_dual * (power - bound), 0.0,
+                      None if temp is None else temp * bound)
     return steps, BudgetState(dual=dual)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -494,6 +575,7 @@ def budget(max_step: Mapping[str, Any] | None = None, *, bound=None,
 
 def resonance(coefficient: str = "learning_rate", *, variance_max=4.0,
               rho_max=0.95, shrink=0.25, two_sided: bool = False,
+              phase_gain=0.0, rho_star=0.3, smooth=False,
               ) -> optax.GradientTransformationExtraArgs:
   """AE-5, the resonance clamp: shrinks α on a variance spike or oscillation.
 
@@ -502,9 +584,13 @@ def resonance(coefficient: str = "learning_rate", *, variance_max=4.0,
     \\text{if } V_t > V_{\\max} \\text{ or } \\rho_t < -\\rho_{\\max}:\\quad
     a_{t+1} \\leftarrow a_{t+1} / (1 + \\kappa_{\\text{shrink}})
 
-  with :math:`V_{\\max}` = ``variance_max`` · V*. The theory's phase term
-  :math:`W_m(\\rho - \\rho^\\star)` has the form of AE-2's :math:`W_c` term and
-  is carried by :attr:`DriveGains.phase`.
+  with :math:`V_{\\max}` = ``variance_max`` · V*, plus the phase term
+  :math:`\\Delta z_\\alpha \\mathrel{+}= W_m(\\rho_t - \\rho^\\star)` (``phase_gain``; 0 by
+  default: the canonical presets carry it in :attr:`DriveGains.phase`, which
+  has the same form, scaled by η).
+
+  Smooth mode (AE-9) replaces the trigger by the soft OR of
+  ``sigmoid(log(V/V_max)/τ)`` and ``sigmoid((-ρ - ρ_max)/((1 - ρ_max)τ))``.
 
   Args:
     coefficient: the step-size coefficient (log-parametrised).
@@ -515,7 +601,12 @@ def resonance(coefficient: str = "learning_rate", *, variance_max=4.0,
       while consecutive gradients are steadily *aligned* (ρ ≈ +1, good
       progress) and drives α to its floor on a plain quadratic; the default
       fires only on oscillation (ρ < -ρ_max).
+    phase_gain: W_m, the phase gain on the step size (in z units per step).
+    rho_star: ρ* of the phase term.
+    smooth: see above; ``True`` uses :data:`DEFAULT_TEMPERATURE`, a number
+      is the temperature τ.
   """
+  temp = temperature(smooth)
 
   check_positive("ae_jax.laws.resonance: ", variance_max=variance_max,
                  rho_max=rho_max, shrink=shrink)
@@ -523,9 +614,11 @@ def resonance(coefficient: str = "learning_rate", *, variance_max=4.0,
   def update_fn(updates, state, params=None, *, signals, **extra_args):
     del params, extra_args
     phase = jnp.abs(signals.rho) if two_sided else -signals.rho
-    fire = (signals.V > variance_max * signals.V_star) | (phase > rho_max)
-    cut = jnp.where(fire, jnp.log1p(shrink), 0.0)
-    return _add(updates, coefficient, -cut), state
+    spike = gate(jnp.log(signals.V / (variance_max * signals.V_star)), temp)
+    flip = gate((phase - rho_max) / (1.0 - rho_max + _TINY), temp)
+    cut = either(spike, flip) * jnp.log1p(shrink)
+    term = phase_gain * (signals.rho - rho_star) - cut
+    return _add(updates, coefficient, term), state
 
   return _stateless("resonance", [coefficient], update_fn)
 

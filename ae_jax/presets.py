@@ -22,13 +22,14 @@ reference implementation, with the reason.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from ae_jax import laws
+from ae_jax import measurement
 from ae_jax.adapt import adapt
 from ae_jax.coefficient import Coefficient, check_positive
 from ae_jax.controller import Brake
@@ -62,6 +63,89 @@ STATS_SAMPLE = 2**16
 
 # AE-7: a mild negative α ↔ β coupling (the theory's prediction 1).
 CANONICAL_COUPLING = -0.1
+# AE-8: η_γ of the gauge.
+CANONICAL_GAUGE_ETA = 1e-2
+# AE-4: the noise law's κ_s, κ_u, κ_v, κ_a (laws.noise defaults).
+CANONICAL_NOISE = {"stall": 0.5, "uncertainty": 0.4, "instability": 0.4,
+                   "quality": 0.2}
+# AE-2: the drive temperatures τ_p, τ_v, τ_r.
+CANONICAL_TEMPERATURES = {"tau_p": 1.0, "tau_v": 1.0, "tau_r": 1.0}
+FILTER_DECAYS = ("loss_mean", "trend", "variance", "grad_variance",
+                 "reference")
+
+
+class LawGains(NamedTuple):
+  """Every gain of the canonical law chain, as one pytree (AE-9).
+
+  Pass it to :func:`canonical_laws` or a preset (``ae_sgdm(..., gains=g)``)
+  inside the function you differentiate, and ``jax.grad`` reaches every
+  field::
+
+    def meta_loss(gains):
+      tx = ae.ae_sgdm(0.05, gains=gains, smooth=True)
+      ...  # train K steps with lax.scan, return a validation loss
+    meta_grads = jax.grad(meta_loss)(ae.default_gains(['learning_rate',
+                                                       'momentum']))
+
+  Attributes:
+    drive: ``name -> DriveGains``: W_p (``progress``), W_v (``variance``),
+      W_r (``reward``), W_c (``phase``), the tanh phase row (``phase_tanh``)
+      and Γ (``leak``) of AE-2.
+    eta: ``name -> η``, the meta-steps of AE-3.
+    phase: W_m, the resonance law's phase gain on α (AE-5).
+    coupling: C of AE-7, a 2×2 array over (α, the momentum-like
+      coefficient).
+    gauge: η_γ of AE-8.
+    noise: κ_s, κ_u, κ_v, κ_a of AE-4 (``stall``, ``uncertainty``,
+      ``instability``, ``quality``).
+    filters: the AE-1 filter decays (``loss_mean``, ``trend``, ``variance``,
+      ``grad_variance``, ``reference``; see
+      :class:`ae_jax.measurement.FilterConfig`).
+    temperatures: τ_p, τ_v, τ_r of the drive features.
+  """
+
+  drive: dict
+  eta: dict
+  phase: Any
+  coupling: Any
+  gauge: Any
+  noise: dict
+  filters: dict
+  temperatures: dict
+
+
+def default_gains(names: Sequence[str], dtype=None) -> LawGains:
+  """The canonical gains for the coefficients ``names``, as arrays.
+
+  Args:
+    names: the adapted coefficients (e.g. ``['learning_rate', 'momentum',
+      'sigma']`` for :func:`ae_sgdm`).
+    dtype: dtype of the leaves (default: the controller dtype, float64
+      under x64).
+  """
+  dtype = dtype or measurement.controller_dtype()
+
+  def arr(x):
+    return jnp.asarray(x, dtype)
+
+  defaults = measurement.FilterConfig()
+  return LawGains(
+      drive={n: jax.tree.map(arr, CANONICAL_DRIVE[n]) for n in names
+             if n in CANONICAL_DRIVE},
+      eta={n: arr(CANONICAL_ETA[n]) for n in names if n in CANONICAL_ETA},
+      phase=arr(0.0),
+      coupling=arr([[0.0, CANONICAL_COUPLING], [CANONICAL_COUPLING, 0.0]]),
+      gauge=arr(CANONICAL_GAUGE_ETA),
+      noise={k: arr(v) for k, v in CANONICAL_NOISE.items()},
+      filters={f: arr(getattr(defaults, f)) for f in FILTER_DECAYS},
+      temperatures={k: arr(v) for k, v in CANONICAL_TEMPERATURES.items()})
+
+
+def filter_config(gains: LawGains | None) -> measurement.FilterConfig:
+  """The :class:`ae_jax.measurement.FilterConfig` with ``gains``' decays."""
+  if gains is None:
+    return measurement.FilterConfig()
+  return measurement.FilterConfig(**gains.filters)
 
 
 def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
@@ -69,9 +153,9 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
                    budget: bool = True, gauge: bool = True,
                    coupling: bool = True, drive: bool = True,
                    gauge_warmup: int = 50,
-                   gains: Mapping[str, laws.DriveGains] | None = None,
+                   gains: Mapping[str, laws.DriveGains] | LawGains | None = None,
                    eta: Mapping[str, float] | None = None,
-                   ) -> optax.GradientTransformationExtraArgs:
+                   smooth=False) -> optax.GradientTransformationExtraArgs:
   """The canonical law chain for the coefficients ``names``.
 
   Every keyword flag removes one law (the knock-outs of experiment 18).
@@ -86,32 +170,50 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
     coupling: AE-7 (only if α and a momentum-like coefficient are present).
     drive: AE-2 (without it only gauge, budget and resonance act).
     gauge_warmup: steps before the gauge calibrates γ*.
-    gains: overrides of :data:`CANONICAL_DRIVE` rows.
-    eta: overrides of :data:`CANONICAL_ETA`.
+    gains: a :class:`LawGains` (every gain, may be traced: AE-9), or
+      overrides of :data:`CANONICAL_DRIVE` rows.
+    eta: overrides of :data:`CANONICAL_ETA` (with a mapping ``gains``).
+    smooth: AE-9 smooth gates in the noise law, the budget and the
+      resonance clamp (``True``: :data:`ae_jax.laws.DEFAULT_TEMPERATURE`; a
+      number is the temperature). The brake and Π_Ω belong to the
+      controller: pass ``smooth`` to the preset or :func:`ae_jax.adapt` too.
   """
   names = list(names)
-  rows = dict(CANONICAL_DRIVE, **(gains or {}))
-  steps = dict(CANONICAL_ETA, **(eta or {}))
+  if not isinstance(gains, LawGains):
+    full = default_gains(names)._replace(
+        drive=dict(CANONICAL_DRIVE, **(gains or {})),
+        eta=dict(CANONICAL_ETA, **(eta or {})))
+    # Plain floats keep the default chain free of device constants.
+    full = full._replace(
+        phase=0.0, gauge=CANONICAL_GAUGE_ETA, noise=dict(CANONICAL_NOISE),
+        coupling=[[0.0, CANONICAL_COUPLING], [CANONICAL_COUPLING, 0.0]],
+        temperatures=dict(CANONICAL_TEMPERATURES))
+    gains = full
+  elif eta is not None:
+    raise ValueError("canonical_laws: pass eta inside the LawGains, not as "
+                     "a separate argument")
+  rows, steps = gains.drive, gains.eta
   chain = []
   if drive:
-    chain.append(laws.drive({n: rows[n] for n in names if n in rows}))
+    chain.append(laws.drive({n: rows[n] for n in names if n in rows},
+                            **gains.temperatures))
   if noise and SIGMA in names:
-    chain.append(laws.noise(SIGMA))
+    chain.append(laws.noise(SIGMA, **gains.noise, smooth=smooth))
   momentum_like = [n for n in ("momentum", "b1") if n in names]
   if coupling and step_size in names and momentum_like:
     pair = [step_size, momentum_like[0]]
-    chain.append(laws.coupling(
-        [[0.0, CANONICAL_COUPLING], [CANONICAL_COUPLING, 0.0]], pair))
+    chain.append(laws.coupling(gains.coupling, pair))
   chain.append(laws.evolve({n: steps[n] for n in names if n in steps}))
   if gauge and step_size in names:
-    chain.append(laws.gauge(step_size, eta=1e-2, warmup=gauge_warmup,
+    chain.append(laws.gauge(step_size, eta=gains.gauge, warmup=gauge_warmup,
                             calibration=1.0))
   if budget:
     chain.append(laws.budget(
         {n: CANONICAL_MAX_STEP[n] for n in names if n in CANONICAL_MAX_STEP},
-        bound=0.02, eta_dual=1.0))
+        bound=0.02, eta_dual=1.0, smooth=smooth))
   if resonance and step_size in names:
-    chain.append(laws.resonance(step_size))
+    chain.append(laws.resonance(step_size, phase_gain=gains.phase,
+                                smooth=smooth))
   return optax.chain(*chain)
 
 
@@ -194,19 +296,24 @@ def _sigma_spec(sigma, bounds):
       SIGMA, sigma, _relative_bounds("sigma", sigma, bounds, 1e-3, 1e2))
 
 
-def _finish(inner, specs, laws_chain, *, delayed, seed, momentum="auto"):
+def _finish(inner, specs, laws_chain, *, delayed, seed, gains, smooth,
+            momentum="auto", **law_flags):
   names = [c.name for c in specs]
   cap = {n: 0.5 for n in ("momentum", "b1") if n in names}
+  if laws_chain is None:
+    laws_chain = canonical_laws(names, gains=gains, smooth=smooth,
+                                **law_flags)
   return adapt(inner, specs, laws_chain,
                brake=Brake(scale={LEARNING_RATE: 0.1}, cap=cap),
-               delayed=delayed, seed=seed,
-               momentum=momentum, stats_sample=STATS_SAMPLE)
+               filters=filter_config(gains), delayed=delayed, seed=seed,
+               momentum=momentum, stats_sample=STATS_SAMPLE, smooth=smooth)
 
 
 def ae_sgdm(learning_rate: float = 1e-2, momentum: float = 0.9, *,
             sigma: float = 0.0, learning_rate_bounds=None,
             momentum_bounds=(0.0, 0.99), sigma_bounds=None,
             laws_chain=None, delayed: bool = False, seed: int = 0,
+            gains: LawGains | None = None, smooth=False,
             ) -> optax.GradientTransformationExtraArgs:
   """AE-SGDm: SGD with EMA momentum whose α, β (``momentum``) and σ evolve.
 
@@ -229,6 +336,12 @@ def ae_sgdm(learning_rate: float = 1e-2, momentum: float = 0.9, *,
     laws_chain: replaces :func:`canonical_laws` (e.g. for a knock-out).
     delayed: see :func:`ae_jax.adapt`.
     seed: noise seed.
+    gains: a :class:`LawGains` (may be traced, for meta-gradients: AE-9);
+      default :func:`default_gains`. Its filter decays are used even with
+      a custom ``laws_chain``.
+    smooth: AE-9 smooth mode: every hard gate (stall, resonance, brake,
+      Π_Ω, budget clips) is replaced by its smooth surrogate; ``True`` uses
+      :data:`ae_jax.laws.DEFAULT_TEMPERATURE`, a number is the temperature.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``value=``.
@@ -240,8 +353,8 @@ def ae_sgdm(learning_rate: float = 1e-2, momentum: float = 0.9, *,
                        if momentum_bounds[0] <= 0.9 <= momentum_bounds[1]
                        else None, "linear"),
            _sigma_spec(sigma, sigma_bounds)]
-  chain = laws_chain or canonical_laws([c.name for c in specs])
-  return _finish(inner, specs, chain, delayed=delayed, seed=seed)
+  return _finish(inner, specs, laws_chain, delayed=delayed, seed=seed,
+                 gains=gains, smooth=smooth)
 
 
 def _adam_specs(learning_rate, b1, b2, eps, sigma, learning_rate_bounds,
@@ -270,6 +383,7 @@ def ae_adam(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
             eps: float = 1e-8, *, sigma: float = 0.0,
             learning_rate_bounds=None, sigma_bounds=None, laws_chain=None,
             delayed: bool = False, seed: int = 0,
+            gains: LawGains | None = None, smooth=False,
             ) -> optax.GradientTransformationExtraArgs:
   """AE-Adam: Adam whose α, β1, β2, ε and σ evolve (theory section 6).
 
@@ -289,14 +403,15 @@ def ae_adam(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
     laws_chain: replaces :func:`canonical_laws`.
     delayed: see :func:`ae_jax.adapt`.
     seed: noise seed.
+    gains: a :class:`LawGains` (may be traced); see :func:`ae_sgdm`.
+    smooth: AE-9 smooth mode; see :func:`ae_sgdm`.
   """
   specs = _adam_specs(learning_rate, b1, b2, eps, sigma,
                       learning_rate_bounds, sigma_bounds)
   inner = injected(optax.adam, learning_rate=learning_rate, b1=b1, b2=b2,
                    eps=eps)
-  chain = laws_chain or canonical_laws([c.name for c in specs],
-                                       gauge=False)
-  return _finish(inner, specs, chain, delayed=delayed, seed=seed)
+  return _finish(inner, specs, laws_chain, delayed=delayed, seed=seed,
+                 gains=gains, smooth=smooth, gauge=False)
 
 
 def ae_adamw(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
@@ -304,6 +419,7 @@ def ae_adamw(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
              sigma: float = 0.0, learning_rate_bounds=None,
              weight_decay_bounds=None, sigma_bounds=None, laws_chain=None,
              delayed: bool = False, seed: int = 0,
+             gains: LawGains | None = None, smooth=False,
              ) -> optax.GradientTransformationExtraArgs:
   """AE-AdamW: AdamW whose α, β1, β2, ε, λ and σ evolve (theory section 6).
 
@@ -321,6 +437,8 @@ def ae_adamw(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
     laws_chain: replaces :func:`canonical_laws`.
     delayed: see :func:`ae_jax.adapt`.
     seed: noise seed.
+    gains: a :class:`LawGains` (may be traced); see :func:`ae_sgdm`.
+    smooth: AE-9 smooth mode; see :func:`ae_sgdm`.
   """
   specs = _adam_specs(learning_rate, b1, b2, eps, sigma,
                       learning_rate_bounds, sigma_bounds)
@@ -330,6 +448,5 @@ def ae_adamw(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
                        1e-2, 1e2)))
   inner = injected(optax.adamw, learning_rate=learning_rate, b1=b1, b2=b2,
                    eps=eps, weight_decay=weight_decay)
-  chain = laws_chain or canonical_laws([c.name for c in specs],
-                                       gauge=False)
-  return _finish(inner, specs, chain, delayed=delayed, seed=seed)
+  return _finish(inner, specs, laws_chain, delayed=delayed, seed=seed,
+                 gains=gains, smooth=smooth, gauge=False)
