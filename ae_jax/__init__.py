@@ -12,6 +12,7 @@ Quick start::
 
 from ae_jax import laws
 from ae_jax import machine
+from ae_jax import meta
 from ae_jax import measurement
 from ae_jax.adapt import AdaptState, adapt, reseed
 from ae_jax.coefficient import Coefficient
@@ -28,6 +29,6 @@ __all__ = [
     "AdaptState", "Brake", "Coefficient", "Controller", "ControllerState",
     "FilterConfig", "GradStats", "LawGains", "Signals", "adapt", "ae_adam", "ae_adamw",
     "ae_sgdm", "canonical_laws", "coefficients", "controller", "default_gains", "ema_sgd",
-    "injected", "laws", "machine", "measurement", "reference_agent", "reseed",
+    "injected", "laws", "machine", "measurement", "meta", "reference_agent", "reseed",
     "signals",
 ]

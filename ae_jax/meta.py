@@ -67,7 +67,8 @@ def unroll(step: Callable, carry, length: int, *, remat: bool = True,
       dropped, which favours greedy gains (the short-horizon bias of
       truncated meta-gradients: learning rates come out too small). Use it
       with a loss summed over the unroll; with only a final loss, just the
-      last window contributes.
+      last window contributes. Close over what you differentiate (the
+      gains), do not carry it: the whole carry is cut.
 
   Returns:
     ``(carry, outputs)`` with outputs stacked over the K steps.
