@@ -27,8 +27,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdaptState", "Brake", "Coefficient", "Controller", "ControllerState",
-    "FilterConfig", "GradStats", "LawGains", "Signals", "adapt", "ae_adam", "ae_adamw",
-    "ae_sgdm", "canonical_laws", "coefficients", "controller", "default_gains", "ema_sgd",
-    "injected", "laws", "machine", "measurement", "meta", "reference_agent", "reseed",
-    "signals",
+    "FilterConfig", "GradStats", "LawGains", "Signals", "adapt", "ae_adam",
+    "ae_adamw", "ae_sgdm", "canonical_laws", "coefficients", "controller",
+    "default_gains", "ema_sgd", "injected", "laws", "machine", "measurement",
+    "meta", "reference_agent", "reseed", "signals",
 ]
