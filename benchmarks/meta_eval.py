@@ -6,7 +6,8 @@ student-teacher tanh MLPs} of varied scale and conditioning
 (``ae.meta.meta_train``, Adam on the relative offsets, 40 outer steps of 4
 tasks per family); then evaluate the learned gains and the default gains on
 16 held-out tasks per family (drawn from keys never used in training) and
-on one task from outside the family (scikit-learn digits, a 64-32-10 tanh MLP
+on the least-squares tasks at 4× the training horizon (K = 400, target 1%),
+and on one task from outside the family (scikit-learn digits, a 64-32-10 tanh MLP
 with cross-entropy on unscaled pixels, 300 steps). Same tasks, same
 initialisation and minibatch order for both.
 
@@ -48,6 +49,16 @@ def evaluate_seed(seed: int, meta_steps: int) -> dict:
       rows[(family.name, label)] = (float(ev.steps_to_target.mean()),
                                     float(np.median(ev.final_loss)),
                                     float(ev.reached.mean()))
+  # Beyond the training horizon: the same held-out least-squares tasks,
+  # trained 4x longer than the meta-training unroll.
+  family = families[0]
+  tasks = meta.sample_tasks(family, jax.random.PRNGKey(10_000 + 97 * seed), 16)
+  long = CONFIG._replace(steps=4 * CONFIG.steps)
+  for label, gains in (("default", default), ("meta", result.gains)):
+    ev = meta.evaluate(gains, family, tasks, long, target=0.01)
+    rows[("least_squares, K = 400, target 1%", label)] = (
+        float(ev.steps_to_target.mean()), float(np.median(ev.final_loss)),
+        float(ev.reached.mean()))
   digits, task = meta.digits_task(jax.random.PRNGKey(seed))
   stacked = jax.tree.map(lambda x: x[None], task)
   config = CONFIG._replace(steps=DIGITS_STEPS)

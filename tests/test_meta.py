@@ -324,3 +324,18 @@ def test_evaluate_reports_time_to_target_and_censors_misses():
 def test_inner_config_names_the_bad_preset():
   with pytest.raises(ValueError, match="preset"):
     meta.coefficient_names(meta.InnerConfig(preset="sgd"))
+
+
+def test_adamw_preset_takes_traced_gains_and_gives_finite_meta_gradients():
+  family = meta.least_squares_family(dim=4, n_train=32, n_val=16,
+                                     batch_size=None)
+  config = meta.InnerConfig(steps=4, learning_rate=0.05, preset="ae_adamw",
+                            remat=False)
+  task = family.sample(jax.random.PRNGKey(0))
+  gains = ae.default_gains(meta.coefficient_names(config))
+  assert set(gains.eta) >= {"b1", "b2", "eps", "weight_decay"}
+  grads = jax.grad(lambda g: meta.meta_objective(g, task, family, config))(
+      gains)
+  leaves = jax.tree.leaves(grads)
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
+  assert float(jnp.abs(grads.eta["learning_rate"])) > 0
