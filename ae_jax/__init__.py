@@ -13,6 +13,7 @@ Quick start::
 from ae_jax import laws
 from ae_jax import machine
 from ae_jax import measurement
+from ae_jax import swarm
 from ae_jax.adapt import AdaptState, adapt, reseed
 from ae_jax.coefficient import Coefficient
 from ae_jax.controller import (Brake, Controller, ControllerState,
@@ -29,5 +30,5 @@ __all__ = [
     "FilterConfig", "GradStats", "Signals", "adapt", "ae_adam", "ae_adamw",
     "ae_sgdm", "canonical_laws", "coefficients", "controller", "ema_sgd",
     "injected", "laws", "machine", "measurement", "reference_agent", "reseed",
-    "signals",
+    "signals", "swarm",
 ]
