@@ -628,11 +628,11 @@ def make_round(config: SwarmConfig, family: Family, loss_fn: Callable, *,
   """One jitted round ``round(pop, budgets, key, data) -> (pop, next
   budgets, RoundLog)``: train, score, weights, consensus, dither, budgets.
 
-  With ``mesh``, the population stays sharded over its ``axis`` (see
-  :func:`shard_population`). The function compiles once: budgets are traced.
+  With ``mesh`` (its axes are used as ``Auto``, see :func:`auto_mesh`), the
+  population stays sharded over its ``axis`` (see :func:`shard_population`). The function compiles once: budgets are traced.
   """
-  sharding = (None if mesh is None else
-              jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis)))
+  sharding = (None if mesh is None else jax.sharding.NamedSharding(
+      auto_mesh(mesh), jax.sharding.PartitionSpec(axis)))
 
   def round_fn(pop: Population, budgets, key, data: Data):
     pop, train_loss = train(pop, budgets, data, family=family,
@@ -756,7 +756,7 @@ def run(config: SwarmConfig, family: Family, loss_fn: Callable,
   if mesh is not None:
     pop = shard_population(pop, mesh, axis)
     data = jax.device_put(data, jax.sharding.NamedSharding(
-        mesh, jax.sharding.PartitionSpec()))
+        auto_mesh(mesh), jax.sharding.PartitionSpec()))
   if budgets is None:
     budgets = initial_budgets(config)
   budgets = jnp.asarray(budgets, jnp.int32)
@@ -846,6 +846,19 @@ def plot_history(history: History, coefficients: Sequence[str] = (
 # Devices.
 
 
+def auto_mesh(mesh: jax.sharding.Mesh) -> jax.sharding.Mesh:
+  """``mesh`` with every axis of type ``Auto``.
+
+  ``jax.make_mesh`` gives ``Explicit`` axes by default, under which the
+  population's gathers (minibatches, chunks) would need an ``out_sharding``
+  at every indexing; the swarm lets XLA propagate shardings instead.
+  """
+  auto = (jax.sharding.AxisType.Auto,) * len(mesh.axis_names)
+  if tuple(mesh.axis_types) == auto:
+    return mesh
+  return jax.sharding.Mesh(mesh.devices, mesh.axis_names, axis_types=auto)
+
+
 def shard_population(pop: Population, mesh: jax.sharding.Mesh,
                      axis: str = "pop") -> Population:
   """Places every leaf's population axis over ``mesh``'s ``axis``.
@@ -865,7 +878,7 @@ def shard_population(pop: Population, mesh: jax.sharding.Mesh,
     raise ValueError(f"shard_population: {size} members cannot be split "
                      f"evenly over {devices} devices of axis {axis!r}")
   return jax.device_put(pop, jax.sharding.NamedSharding(
-      mesh, jax.sharding.PartitionSpec(axis)))
+      auto_mesh(mesh), jax.sharding.PartitionSpec(axis)))
 
 
 # ---------------------------------------------------------------------------
