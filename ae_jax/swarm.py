@@ -834,6 +834,9 @@ def plot_history(history: History, coefficients: Sequence[str] = (
     ax.errorbar(rounds, means[name], yerr=stds[name], fmt="k-o", ms=3,
                 capsize=2)
     ax.set(title=f"{name}: mean ± std", xlabel="round")
+    if name in ("learning_rate", "eps", "weight_decay") and np.all(
+        history.coefficients[name] > 0):
+      ax.set_yscale("log")
   for ax in axes[1, len(names):]:
     ax.axis("off")
   fig.tight_layout()
