@@ -14,6 +14,7 @@ from ae_jax import laws
 from ae_jax import machine
 from ae_jax import meta
 from ae_jax import measurement
+from ae_jax import swarm
 from ae_jax.adapt import AdaptState, adapt, reseed
 from ae_jax.coefficient import Coefficient
 from ae_jax.controller import (Brake, Controller, ControllerState,
@@ -30,5 +31,5 @@ __all__ = [
     "FilterConfig", "GradStats", "LawGains", "Signals", "adapt", "ae_adam",
     "ae_adamw", "ae_sgdm", "canonical_laws", "coefficients", "controller",
     "default_gains", "ema_sgd", "injected", "laws", "machine", "measurement",
-    "meta", "reference_agent", "reseed", "signals",
+    "meta", "reference_agent", "reseed", "signals", "swarm",
 ]

@@ -379,6 +379,27 @@ def _adam_specs(learning_rate, b1, b2, eps, sigma, learning_rate_bounds,
   ]
 
 
+def adamw_coefficients(learning_rate: float = 1e-3, b1: float = 0.9,
+                       b2: float = 0.999, eps: float = 1e-8,
+                       weight_decay: float = 1e-4, *, sigma: float = 0.0,
+                       learning_rate_bounds=None, weight_decay_bounds=None,
+                       sigma_bounds=None) -> list[Coefficient]:
+  """The :class:`Coefficient` specs that :func:`ae_adamw` adapts, for the
+  same arguments (the order, bounds and parametrisations it uses).
+
+  Code that acts on an AE-AdamW state from outside (the coefficient
+  consensus of :mod:`ae_jax.swarm`) needs Ω and the coordinates, which the
+  optimizer itself does not expose.
+  """
+  specs = _adam_specs(learning_rate, b1, b2, eps, sigma,
+                      learning_rate_bounds, sigma_bounds)
+  specs.insert(4, _pinned_at_zero_or_log(
+      "weight_decay", weight_decay,
+      _relative_bounds("weight_decay", weight_decay, weight_decay_bounds,
+                       1e-2, 1e2)))
+  return specs
+
+
 def ae_adam(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
             eps: float = 1e-8, *, sigma: float = 0.0,
             learning_rate_bounds=None, sigma_bounds=None, laws_chain=None,
@@ -440,12 +461,10 @@ def ae_adamw(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
     gains: a :class:`LawGains` (may be traced); see :func:`ae_sgdm`.
     smooth: AE-9 smooth mode; see :func:`ae_sgdm`.
   """
-  specs = _adam_specs(learning_rate, b1, b2, eps, sigma,
-                      learning_rate_bounds, sigma_bounds)
-  specs.insert(4, _pinned_at_zero_or_log(
-      "weight_decay", weight_decay,
-      _relative_bounds("weight_decay", weight_decay, weight_decay_bounds,
-                       1e-2, 1e2)))
+  specs = adamw_coefficients(
+      learning_rate, b1, b2, eps, weight_decay, sigma=sigma,
+      learning_rate_bounds=learning_rate_bounds,
+      weight_decay_bounds=weight_decay_bounds, sigma_bounds=sigma_bounds)
   inner = injected(optax.adamw, learning_rate=learning_rate, b1=b1, b2=b2,
                    eps=eps, weight_decay=weight_decay)
   return _finish(inner, specs, laws_chain, delayed=delayed, seed=seed,

@@ -40,7 +40,8 @@ def test_main_help_lists_demo(capsys):
   with pytest.raises(SystemExit) as exit_info:
     cli.main(["--help"])
   assert exit_info.value.code == 0
-  assert "demo" in capsys.readouterr().out
+  printed = capsys.readouterr().out
+  assert "demo" in printed and "swarm" in printed
 
 
 def test_missing_subcommand_is_an_error(capsys):
@@ -64,3 +65,29 @@ def test_python_m_help(module):
                           timeout=120)
   assert result.returncode == 0, result.stderr
   assert "demo" in result.stdout
+
+
+def test_swarm_prints_rounds_table_and_verdict(tmp_path, capsys):
+  out = tmp_path / "swarm.png"
+  status = cli.main(["swarm", "--seeds", "2", "--rounds", "2",
+                     "--total-steps", "80", "--hidden", "8", "--batch-size",
+                     "16", "--no-progress", "--out", str(out)])
+  assert status == 0
+  printed = capsys.readouterr().out
+  lines = printed.splitlines()
+  header = next(i for i, line in enumerate(lines) if line.startswith("| round"))
+  assert "swarm best" in lines[header] and "adamw mean" in lines[header]
+  assert "ae-independent best" in lines[header]
+  rows = lines[header + 2:header + 4]
+  assert [r.split("|")[1].strip() for r in rows] == ["1", "2"]
+  assert all(r.count("±") == 6 for r in rows)   # 3 methods x best, mean
+  assert printed.count("final best: swarm - ") == 2
+  assert "w=[" in printed and "B=[" in printed
+  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_swarm_bad_configuration_is_an_error(capsys):
+  # 4 members x floor 30 > 100 steps a round.
+  assert cli.main(["swarm", "--seeds", "1", "--rounds", "1", "--total-steps",
+                   "100", "--min-steps", "30", "--no-progress"]) == 2
+  assert "min_steps" in capsys.readouterr().err

@@ -1,0 +1,129 @@
+"""AE-Swarm throughput: vmapped population vs M sequential runs (issue #3 item 3).
+
+For each population size M, the same AE-AdamW members (small MLP, one
+regression task) train ``steps`` member steps each, four ways:
+
+* ``sequential``: M single-trajectory runs, one after the other (one jitted
+  ``lax.fori_loop`` runner, called per member);
+* ``vmap``: the lock-step vmapped mode with equal budgets;
+* ``chunked``: unequal budgets (a soft selection's allocation of the same
+  total), members one by one in one jitted ``lax.scan`` (``chunk=1``: no
+  masked step is paid);
+* ``chunked-4``: the same in vmapped chunks of 4 members of similar budget
+  (a little masking inside a chunk);
+* ``vmap-masked``: the same unequal budgets in the vmapped mode, which pays
+  ``M * max B`` member steps; its rate counts only the honoured steps.
+
+Prints member steps per second and the ratio to ``sequential``, side by side.
+Compilation is excluded (one warm-up call each); each figure is the best of
+``--repeats`` timed calls.
+
+  python benchmarks/swarm.py            # M in {4, 16, 64}
+  python benchmarks/swarm.py --quick    # M in {4, 16}, fewer steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ae_jax import swarm
+
+
+def _best_time(fn, repeats):
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
+def measure(m: int, steps: int, *, hidden: int, batch: int, repeats: int
+            ) -> dict[str, float]:
+  """Member steps per second of each mode at population size ``m``."""
+  data = swarm.regression_data(jax.random.PRNGKey(0))
+  family = swarm.ae_adamw_family(3e-4)
+  pop = swarm.init_population(
+      jax.random.PRNGKey(1), lambda k: swarm.init_mlp(k, (10, hidden, 1)),
+      family, swarm.reference_priors(m, 3e-4))
+  total = m * steps
+  equal = jnp.full([m], steps, jnp.int32)
+  scores = jax.random.uniform(jax.random.PRNGKey(2), (m,))
+  weights, _ = swarm.swarm_weights(scores, 5.0)
+  unequal = swarm.allocate_budgets(weights, total, steps // 4)
+  assert int(unequal.sum()) == total
+
+  single = jax.jit(swarm.member_runner(family, swarm.mse_loss, batch))
+  members = [swarm.member(pop, i) for i in range(m)]
+
+  def sequential():
+    return [single(members[i], data, steps)[0].params for i in range(m)]
+
+  def trainer(mode, chunk=1):
+    return jax.jit(lambda p, b, d: swarm.train(
+        p, b, d, family=family, loss_fn=swarm.mse_loss, batch_size=batch,
+        mode=mode, chunk=chunk)[0].params)
+
+  vmapped, chunked = trainer("vmap"), trainer("chunked")
+  chunked4 = trainer("chunked", min(4, m))
+  runs = {
+      "sequential": sequential,
+      "vmap": lambda: vmapped(pop, equal, data),
+      "chunked": lambda: chunked(pop, unequal, data),
+      "chunked-4": lambda: chunked4(pop, unequal, data),
+      "vmap-masked": lambda: vmapped(pop, unequal, data),
+  }
+  rates = {}
+  for name, fn in runs.items():
+    jax.block_until_ready(fn())   # compile
+    rates[name] = total / _best_time(fn, repeats)
+  rates["max_budget"] = float(unequal.max())
+  return rates
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true",
+                      help="M in {4, 16} and 100 steps per member")
+  parser.add_argument("--sizes", type=int, nargs="+", default=None)
+  parser.add_argument("--steps", type=int, default=None,
+                      help="member steps each (default 400; 100 quick)")
+  parser.add_argument("--hidden", type=int, default=32,
+                      help="MLP hidden width (10 -> hidden -> 1)")
+  parser.add_argument("--batch", type=int, default=32)
+  parser.add_argument("--repeats", type=int, default=3)
+  args = parser.parse_args(argv)
+  sizes = args.sizes or ([4, 16] if args.quick else [4, 16, 64])
+  steps = args.steps or (100 if args.quick else 400)
+  print(f"AE-AdamW members, MLP 10-{args.hidden}-1, batch {args.batch}, "
+        f"{steps} member steps each; jax {jax.__version__} on "
+        f"{jax.devices()[0].platform} ({os.cpu_count()} CPUs, "
+        f"{platform.processor() or platform.machine()})")
+  header = (f"{'M':>4} {'sequential':>11} {'vmap':>11} {'chunked':>11} "
+            f"{'chunked-4':>11} {'vmap-masked':>11} | {'vmap':>6} "
+            f"{'chunk':>6} {'chunk4':>6} {'masked':>6} {'maxB/B':>6}")
+  print("member steps per second (honoured steps / wall time); right: "
+        "ratio to sequential, and the largest unequal budget / mean budget")
+  print(header)
+  print("-" * len(header))
+  for m in sizes:
+    r = measure(m, steps, hidden=args.hidden, batch=args.batch,
+                repeats=args.repeats)
+    seq = r["sequential"]
+    ratio = lambda k: f"{r[k] / seq:>5.2f}x"
+    print(f"{m:>4} {seq:>11.0f} {r['vmap']:>11.0f} {r['chunked']:>11.0f} "
+          f"{r['chunked-4']:>11.0f} {r['vmap-masked']:>11.0f} | "
+          f"{ratio('vmap')} {ratio('chunked')} {ratio('chunked-4')} "
+          f"{ratio('vmap-masked')} {r['max_budget'] / steps:>6.2f}",
+          flush=True)
+
+
+if __name__ == "__main__":
+  main()
