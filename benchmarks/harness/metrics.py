@@ -25,6 +25,7 @@ leading axes (seeds, ...). Curves are evaluation metrics sampled at
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -82,16 +83,22 @@ def _moving_average(x, window):
 
 def oscillation(loss, window=25, skip=0):
   """RMS of ``log loss`` minus its centred ``window``-step moving average,
-  from step ``skip`` on; ``inf`` if the loss is ever non-finite or <= 0."""
+  from step ``skip`` on; ``inf`` if the loss is ever non-finite. A loss
+  that is not always positive uses ``(loss - average) / mean |loss|``."""
   loss = np.asarray(loss, float)
   flat = loss.reshape(-1, loss.shape[-1])
   out = np.empty(flat.shape[0])
   for i, row in enumerate(flat):
-    if not np.all(np.isfinite(row)) or np.any(row <= 0):
+    if not np.all(np.isfinite(row)):
       out[i] = np.inf
       continue
-    log = np.log(row)
-    resid = log - _moving_average(log, min(window, len(log)))
+    w = min(window, len(row))
+    if np.all(row > 0):
+      log = np.log(row)
+      resid = log - _moving_average(log, w)
+    else:  # a loss that can be <= 0 (noisy quadratic): relative residual
+      resid = (row - _moving_average(row, w)) / max(np.mean(np.abs(row)),
+                                                    1e-30)
     out[i] = np.sqrt(np.mean(resid[skip:] ** 2))
   return out.reshape(loss.shape[:-1])
 
@@ -101,7 +108,11 @@ def var_log_gamma(gamma, skip=50):
   g = np.asarray(gamma, float)[..., skip:]
   with np.errstate(divide="ignore", invalid="ignore"):
     lg = np.where((g > 0) & np.isfinite(g), np.log(g), np.nan)
-  return np.nanvar(lg, axis=-1)
+  if lg.shape[-1] < 2:
+    return np.full(lg.shape[:-1], np.nan)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)  # all-nan rows -> nan
+    return np.nanvar(lg, axis=-1)
 
 
 def time_to_stability(loss, reference=None):
