@@ -13,6 +13,7 @@ Usage::
   ae-jax machine                   # the AE machine: quadratic and tape
   ae-jax swarm                     # AE-Swarm: the reference example, 5 seeds
   ae-jax swarm --seeds 2 --rounds 2 --total-steps 400
+  ae-jax compare --task regression --optimizers adamw,ae_adamw --seeds 5
   python -m ae_jax demo --no-plot
 """
 
@@ -163,8 +164,76 @@ def _add_swarm(subparsers) -> None:
   p.set_defaults(handler=_run_swarm)
 
 
+def _run_compare(args: argparse.Namespace) -> int:
+  import pathlib
+  try:
+    import benchmarks.harness  # noqa: F401
+  except ImportError:
+    # benchmarks/ is not packaged: use the source checkout this ae_jax is in.
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+    try:
+      import benchmarks.harness  # noqa: F401
+    except ImportError as e:
+      print(f"ae-jax compare needs the benchmarks/ folder of a source "
+            f"checkout of ae_jax ({e})", file=sys.stderr)
+      return 2
+  from benchmarks.harness import optimizers, report, tasks
+
+  if args.list:
+    print("tasks: " + ", ".join(tasks.names()))
+    print("optimizers: " + ", ".join(optimizers.names()))
+    print("groups: " + ", ".join(f"{k} ({','.join(v)})"
+                                 for k, v in optimizers.GROUPS.items()))
+    print("any optimizer followed by @tuned: learning rate tuned on seed 0")
+    return 0
+  names = [n for n in args.optimizers.split(",") if n]
+  try:
+    task = tasks.get(args.task)
+    for n in optimizers.expand(names):
+      optimizers.get(n)
+  except KeyError as e:
+    print(f"ae-jax compare: {e.args[0]}", file=sys.stderr)
+    return 2
+  if args.loss_scale != 1.0:
+    task = tasks.scaled(task, args.loss_scale)
+  report.compare(task, names, seeds=args.seeds, steps=args.steps,
+                 out=None if args.no_plot else args.out, delay=args.delay)
+  return 0
+
+
+def _add_compare(subparsers) -> None:
+  p = subparsers.add_parser(
+      "compare", help="optimizers side by side on a harness task",
+      description=(
+          "Trains each optimizer on the task with seeds 1..N (same "
+          "initialisation and data order for all; seed 0 tunes NAME@tuned), "
+          "prints mean ± 95%% t-interval of the final metric, time-to-target,"
+          " AUC and stability incidents, and writes loss and coefficient "
+          "figures (benchmarks/harness)."))
+  p.add_argument("--task", default="regression",
+                 help="task name (see --list; default: %(default)s)")
+  p.add_argument("--optimizers", default="adamw,ae_adamw",
+                 help="comma-separated names or groups (default: "
+                      "%(default)s)")
+  p.add_argument("--seeds", type=_positive_int, default=5,
+                 help="evaluation seeds 1..N (default: %(default)s)")
+  p.add_argument("--steps", type=_positive_int, default=None,
+                 help="step budget (default: the task's)")
+  p.add_argument("--delay", type=int, default=0,
+                 help="stale gradients by this many steps (default: 0)")
+  p.add_argument("--loss-scale", type=_positive_float, default=1.0,
+                 help="multiply the training loss (default: 1)")
+  p.add_argument("--out", default="compare_figures",
+                 help="folder for the PNG figures (default: %(default)s)")
+  p.add_argument("--no-plot", action="store_true", help="skip the figures")
+  p.add_argument("--list", action="store_true",
+                 help="list tasks and optimizers and exit")
+  p.set_defaults(handler=_run_compare)
+
+
 # Subcommand registrars, in the order `--help` lists them.
-SUBCOMMANDS: tuple[Callable, ...] = (_add_demo, _add_machine, _add_swarm)
+SUBCOMMANDS: tuple[Callable, ...] = (_add_demo, _add_machine, _add_swarm,
+                                     _add_compare)
 
 
 def build_parser() -> argparse.ArgumentParser:

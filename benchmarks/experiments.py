@@ -1,0 +1,515 @@
+"""The optimizer-level experiments of the theory, run with the harness.
+
+  JAX_PLATFORMS=cpu python benchmarks/experiments.py --profile quick
+  JAX_PLATFORMS=cpu python benchmarks/experiments.py --profile quick --only 1,13
+  python benchmarks/experiments.py --assemble     # rebuild RESULTS.md only
+
+Each experiment writes ``benchmarks/results/<profile>/exp<id>.json`` (its
+markdown, its rows of the predictions table and its time-to-target per
+optimizer) and its PNG figures to ``benchmarks/figures/``; every run then
+regenerates the section of ``benchmarks/RESULTS.md`` between
+``<!-- harness:begin -->`` and ``<!-- harness:end -->`` from all the JSON
+files present (date, machine, profile, tables, predictions, ranking).
+
+Protocol: seeds 1..N for evaluation (N = 5), seed 0 only for tuning
+``name@tuned`` on a log grid; the same initialisation, data order and step
+budget for every optimizer (see :mod:`benchmarks.harness.runner`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import pathlib
+import platform
+import sys
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+  sys.path.insert(0, str(ROOT))
+
+from benchmarks.harness import metrics as M  # noqa: E402
+from benchmarks.harness import optimizers as O  # noqa: E402
+from benchmarks.harness import report  # noqa: E402
+from benchmarks.harness import runner as R  # noqa: E402
+from benchmarks.harness import tasks as T  # noqa: E402
+
+FIGURES = ROOT / "benchmarks" / "figures"
+RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
+BEGIN, END = "<!-- harness:begin -->", "<!-- harness:end -->"
+
+PROFILES = {
+    # CPU-sized: each experiment a few minutes on 2 shared cores.
+    "quick": dict(seeds=5, scale=1, sens_seeds=3),
+    # GPU-sized: 10x the steps, batch 256 (theory: 50k steps, bs 256).
+    "full": dict(seeds=10, scale=10, sens_seeds=5),
+}
+
+EXPERIMENTS = {}
+
+
+def experiment(eid, title):
+  def deco(fn):
+    EXPERIMENTS[eid] = (title, fn)
+    return fn
+  return deco
+
+
+def _fig(name):
+  FIGURES.mkdir(parents=True, exist_ok=True)
+  return str(FIGURES / name)
+
+
+def _rel(path):
+  return os.path.relpath(path, RESULTS_MD.parent)
+
+
+def _run_all(task, names, seeds, delay=0, learning_rates=None):
+  results, rows, skipped = [], [], []
+  for name in names:
+    spec = O.get(name)
+    if spec.windowed and O.tox_available():
+      skipped.append(f"`{name}` skipped: {O.tox_available()}")
+      continue
+    lr = (learning_rates or {}).get(name)
+    t0 = time.perf_counter()
+    res = R.run(task, spec, seeds, delay=delay, learning_rate=lr)
+    print(f"    {task.name} {name}: {time.perf_counter() - t0:.1f} s",
+          flush=True)
+    results.append(res)
+    rows.append(report.row(res, task))
+  return results, rows, skipped
+
+
+def _ttt_means(results, task):
+  out = {}
+  for r in results:
+    ttt = r.summary(task)["ttt"]
+    out[r.optimizer] = (float(np.mean(ttt)) if np.all(np.isfinite(ttt))
+                        else math.nan)
+  return out
+
+
+def _task_header(task, seeds):
+  return (f"Task `{task.name}`: {task.description}; {task.steps} steps, "
+          f"seeds {seeds[0]}..{seeds[-1]}, target {task.metric_name} "
+          f"{'≥' if task.higher_is_better else '≤'} {task.target:g}. "
+          "Cells: mean ± 95% t-interval over seeds; time-to-target over the "
+          "seeds that reached it (k/N when not all did); oscillation = RMS "
+          "of log-loss around its 25-step moving average.")
+
+
+def _tuning_note(results):
+  notes = []
+  for r in results:
+    if r.tuning:
+      g = ", ".join(f"{x:.2g}" for x in r.tuning["grid"])
+      notes.append(f"`{r.optimizer}`: lr {r.learning_rate:.3g} from grid "
+                   f"[{g}] on seed 0")
+  return ("Tuned: " + "; ".join(notes) + ".") if notes else ""
+
+
+# ---------------------------------------------------------------------------
+
+
+@experiment("1", "Experiment 1: static regression, all peers")
+def exp1(p):
+  seeds = list(range(1, p["seeds"] + 1))
+  task = T.get("regression", steps=1000 * p["scale"],
+               batch_size=64 if p["scale"] == 1 else 256)
+  names = (O.GROUPS["defaults"] + O.GROUPS["schedules"]
+           + O.GROUPS["parameter_free"] + ["adafactor", "ae_adafactor"]
+           + O.GROUPS["tensor_optix"] + O.GROUPS["tuned"])
+  results, rows, skipped = _run_all(task, names, seeds)
+  curves = report.plot_curves(
+      [r for r in results if r.optimizer in
+       ("adamw", "adamw@tuned", "ae_adamw", "ae_sgdm", "sgdm@tuned",
+        "prodigy", "schedule_free_adamw", "adamw_cosine", "tox_spsa")],
+      task, _fig("exp1_regression_curves.png"))
+  coefs = report.plot_coefficients(results, _fig("exp1_coefficients.png"))
+  # Learning-rate sensitivity: final loss vs initial lr over 1e-5 .. 1.
+  grid = np.logspace(-5, 0, 6)
+  sens_seeds = list(range(1, p["sens_seeds"] + 1))
+  sweeps = {}
+  for name in ("adamw", "sgdm", "adamw_cosine", "ae_adamw", "ae_sgdm",
+               "schedule_free_adamw", "prodigy"):
+    t0 = time.perf_counter()
+    sweeps[name] = (grid, R.lr_sweep(task, name, grid, sens_seeds))
+    print(f"    sensitivity {name}: {time.perf_counter() - t0:.1f} s",
+          flush=True)
+  sens = report.plot_lr_sensitivity(sweeps, task,
+                                    _fig("exp1_lr_sensitivity.png"))
+  sens_rows = []
+  for name, (g, f) in sweeps.items():
+    cells = {f"{lr:.0e}": (f"{np.median(v):.3g}" if np.all(np.isfinite(v))
+                           else "nan") for lr, v in zip(g, f)}
+    sens_rows.append({"optimizer": name, **cells})
+  sens_cols = ["optimizer"] + [f"{lr:.0e}" for lr in grid]
+  md = "\n\n".join(filter(None, [
+      _task_header(task, seeds), report.markdown_table(rows),
+      _tuning_note(results), "\n".join(f"* {s}" for s in skipped),
+      f"![curves]({_rel(curves)})", f"![coefficients]({_rel(coefs)})" if coefs
+      else "",
+      f"Learning-rate sensitivity: median final {task.metric_name} over "
+      f"seeds {sens_seeds[0]}..{sens_seeds[-1]} against the initial (for "
+      "AE) or constant learning rate (for prodigy: its multiplier).",
+      report.markdown_table(sens_rows, sens_cols),
+      f"![lr sensitivity]({_rel(sens)})"]))
+  return {"markdown": md, "ttt": {task.name: _ttt_means(results, task)},
+          "budgets": {task.name: task.steps}, "predictions": []}
+
+
+@experiment("13", "Experiment 13: hyper-cliff (absurd initial learning rate)")
+def exp13(p):
+  seeds = list(range(1, p["seeds"] + 1))
+  task = T.get("regression", steps=1000 * p["scale"])
+  # 1000x the default rate of each family.
+  lrs = {"adamw": 1.0, "ae_adamw": 1.0, "ae_adam": 1.0, "adamw_plateau": 1.0,
+         "sgdm": 10.0, "ae_sgdm": 10.0, "ae_adamw-no_budget": 1.0,
+         "ae_sgdm-no_budget": 10.0}
+  results, rows, _ = _run_all(task, list(lrs), seeds, learning_rates=lrs)
+  extra = []
+  preds = []
+  for r, row in zip(results, rows):
+    tts = M.time_to_stability(r.loss)
+    row["time to stability"] = M.fmt_ci(tts, 3)
+    d = r.summary(task).get("max_dlog_lr")
+    row["max Δlog α"] = f"{np.nanmax(d):.3g}" if d is not None else "—"
+    if r.optimizer in ("ae_adamw", "ae_sgdm"):
+      nan_steps = int(M.nonfinite(r.loss).sum())
+      stable = np.isfinite(tts).all()
+      preds.append({
+          "prediction": f"hyper-cliff, {r.optimizer} at {r.learning_rate:g}:"
+                        " no NaN, stabilises without restart",
+          "measured": f"{nan_steps} NaN/inf steps; stable on "
+                      f"{int(np.isfinite(tts).sum())}/{len(seeds)} seeds "
+                      f"(step {M.fmt_ci(tts, 3)}); max Δlog α "
+                      f"{row['max Δlog α']}",
+          "verdict": "holds" if nan_steps == 0 and stable else "fails"})
+  cols = ("optimizer", "lr", "final", "NaN/inf steps", "diverged",
+          "time to stability", "max Δlog α", "time-to-target")
+  curves = report.plot_curves(results, task, _fig("exp13_hypercliff.png"))
+  coefs = report.plot_coefficients(results, _fig("exp13_coefficients.png"))
+  md = "\n\n".join([
+      _task_header(task, seeds) + " Every optimizer starts at 1000x its "
+      "family's default rate. Time to stability: first step after which the "
+      "training loss stays finite and below its initial value.",
+      report.markdown_table(rows, cols), f"![curves]({_rel(curves)})",
+      f"![coefficients]({_rel(coefs)})"])
+  return {"markdown": md, "predictions": preds}
+
+
+def _gauge(p, kind):
+  seeds = list(range(1, p["seeds"] + 1))
+  names = ["sgdm", "ae_sgdm", "ae_sgdm-no_gauge", "adamw", "ae_adamw"]
+  variants = ([(f"c={c:g}", T.scaled(T.get("regression",
+                                           steps=1000 * p["scale"]), c))
+               for c in (0.1, 1.0, 10.0)] if kind == "scale" else
+              [(f"bs={b}", T.get("regression", batch_size=b,
+                                 steps=1000 * p["scale"]))
+               for b in (64, 256, 1024)])
+  table = {n: {} for n in names}
+  all_rows, per_variant = [], {}
+  for label, task in variants:
+    results, rows, _ = _run_all(task, names, seeds)
+    per_variant[label] = (task, results)
+    for r, row in zip(results, rows):
+      table[r.optimizer][label] = r.summary(task)
+      row["variant"] = label
+      all_rows.append(row)
+  labels = [l for l, _ in variants]
+  preds, sum_rows = [], []
+  for n in names:
+    ttt = [np.nanmean(table[n][l]["ttt"]) if np.isfinite(
+        table[n][l]["ttt"]).all() else math.nan for l in labels]
+    finals = [np.mean(table[n][l]["final"]) for l in labels]
+    spread = ((max(ttt) - min(ttt)) / min(ttt) if all(map(math.isfinite, ttt))
+              else math.nan)
+    sum_rows.append({"optimizer": n,
+                     **{f"ttt {l}": f"{t:.0f}" if math.isfinite(t) else
+                        "not all" for l, t in zip(labels, ttt)},
+                     **{f"final {l}": f"{f:.3g}" for l, f in zip(labels,
+                                                                 finals)},
+                     "ttt spread": f"{spread:.0%}" if math.isfinite(spread)
+                     else "—"})
+    if n.startswith("ae_") and n != "ae_sgdm-no_gauge":
+      preds.append({
+          "prediction": f"gauge robustness ({'loss scale' if kind == 'scale' else 'batch size'}), {n}: "
+                        "time-to-target within 10% across " + ", ".join(labels),
+          "measured": "ttt " + " / ".join(
+              f"{t:.0f}" if math.isfinite(t) else "never" for t in ttt)
+                      + (f" (spread {spread:.0%})" if math.isfinite(spread)
+                         else ""),
+          "verdict": "holds" if math.isfinite(spread) and spread <= 0.10
+                     else "fails"})
+  cols = (["optimizer"] + [f"ttt {l}" for l in labels]
+          + [f"final {l}" for l in labels] + ["ttt spread"])
+  figs = []
+  for label, (task, results) in per_variant.items():
+    figs.append(report.plot_curves(
+        results, task, _fig(f"exp{'10' if kind == 'scale' else '9'}_"
+                            f"{label.replace('=', '')}.png"), title=label))
+  task0 = variants[0][1]
+  md = "\n\n".join([
+      _task_header(task0, seeds).replace(f"`{task0.name}`", "`regression` "
+                                         + ("× c" if kind == "scale" else
+                                            "at three batch sizes")),
+      "Time-to-target (mean over seeds, all seeds must reach it) and final "
+      "test MSE; spread = (max - min) / min of the time-to-target.",
+      report.markdown_table(sum_rows, cols),
+      "<details><summary>full table</summary>\n\n" + report.markdown_table(
+          all_rows, ("variant",) + report.COLUMNS) + "\n\n</details>",
+      " ".join(f"![{l}]({_rel(f)})" for l, f in zip(labels, figs))])
+  return {"markdown": md, "predictions": preds}
+
+
+@experiment("10", "Experiment 10: loss scale x0.1 / x10 (gauge robustness)")
+def exp10(p):
+  return _gauge(p, "scale")
+
+
+@experiment("9", "Experiment 9: batch size 64 / 256 / 1024 (gauge robustness)")
+def exp9(p):
+  return _gauge(p, "batch")
+
+
+@experiment("18", "Experiment 18: law knock-outs")
+def exp18(p):
+  seeds = list(range(1, p["seeds"] + 1))
+  task = T.get("regression", steps=1000 * p["scale"])
+  blocks, preds = [], []
+  for base, lr_mult in (("ae_sgdm", 1), ("ae_sgdm", 10), ("ae_adamw", 1),
+                        ("ae_adamw", 10), ("ae_sgdm_noise", 1)):
+    spec = O.get(base)
+    lr = spec.default_lr * lr_mult
+    names = [base] + [f"{base}-no_{law}" for law in O.KNOCKOUTS
+                      if f"{base}-no_{law}" in O.REGISTRY]
+    if base == "ae_sgdm_noise":
+      names = [base, f"{base}-no_noise"]
+    elif base.startswith("ae_sgdm") or base.startswith("ae_adamw"):
+      names = [n for n in names if not n.endswith("-no_noise")]
+    results, rows, _ = _run_all(task, names, seeds,
+                                learning_rates={n: lr for n in names})
+    ref = results[0].summary(task)
+    for r, row in zip(results[1:], rows[1:]):
+      s = r.summary(task)
+      worse = []
+      if np.nanmean(s["final"]) > 1.05 * np.nanmean(ref["final"]):
+        worse.append("final")
+      if np.nanmean(s["auc"]) > 1.05 * np.nanmean(ref["auc"]):
+        worse.append("AUC")
+      t_ref = np.where(np.isfinite(ref["ttt"]), ref["ttt"], 2 * task.steps)
+      t_ko = np.where(np.isfinite(s["ttt"]), s["ttt"], 2 * task.steps)
+      if t_ko.mean() > 1.05 * t_ref.mean():
+        worse.append("time-to-target")
+      if (s["diverged"].sum() > ref["diverged"].sum()
+          or s["nonfinite"].sum() > ref["nonfinite"].sum()
+          or np.mean(s["oscillation"]) > 1.1 * np.mean(ref["oscillation"])):
+        worse.append("stability")
+      row["degrades"] = ", ".join(worse) or "nothing (±5%)"
+      law = r.optimizer.split("-no_")[1]
+      preds.append({
+          "prediction": f"knock-out of {law} ({base}, lr {lr:g}) degrades "
+                        "at least one metric",
+          "measured": row["degrades"],
+          "verdict": "holds" if worse else "fails"})
+    rows[0]["degrades"] = "(reference)"
+    blocks.append(f"**{base} at lr {lr:g}**\n\n" + report.markdown_table(
+        rows, report.COLUMNS + ("degrades",)))
+  md = "\n\n".join([
+      _task_header(task, seeds) + " 'degrades': the knock-out is more than "
+      "5% worse than the full preset on the mean final metric, AUC or "
+      "time-to-target (unreached = 2x budget), or has more divergences / "
+      "NaN steps or >10% more oscillation. The noise law is only active "
+      "from σ₀ > 0 (`ae_sgdm_noise`, σ₀ = 1e-3): at the presets' σ₀ = 0 its "
+      "knock-out is the preset itself and is not run."] + blocks)
+  return {"markdown": md, "predictions": preds}
+
+
+@experiment("7", "Experiment 7: quadratic bowl with k-step stale gradients")
+def exp7(p):
+  seeds = list(range(1, p["seeds"] + 1))
+  task = T.get("quadratic", steps=600 * p["scale"])
+  names = ["sgdm", "ae_sgdm", "ae_sgdm-no_resonance", "adamw", "ae_adamw",
+           "ae_adamw-no_resonance"]
+  blocks, preds = [], []
+  out = {}
+  for k in (0, 4, 8):
+    lrs = {n: 0.5 if "sgdm" in n else 0.05 for n in names}
+    results, rows, _ = _run_all(task, names, seeds, delay=k,
+                                learning_rates=lrs)
+    for r, row in zip(results, rows):
+      rho = r.signals.get("rho")
+      row["mean ρ"] = f"{np.nanmean(rho):.2f}" if rho is not None else "—"
+      out[(k, r.optimizer)] = r.summary(task)
+    blocks.append(f"**delay k = {k}**\n\n" + report.markdown_table(
+        rows, report.COLUMNS + ("mean ρ",)))
+    fig = report.plot_curves(results, task, _fig(f"exp7_delay{k}.png"),
+                             title=f"stale gradients, k = {k}")
+    blocks.append(f"![k={k}]({_rel(fig)})")
+    for base in ("ae_sgdm", "ae_adamw"):
+      on, off = out[(k, base)], out[(k, f"{base}-no_resonance")]
+      o_on, o_off = np.mean(on["oscillation"]), np.mean(off["oscillation"])
+      f_on, f_off = np.mean(on["final"]), np.mean(off["final"])
+      drop = 1 - o_on / o_off if o_off > 0 else math.nan
+      preds.append({
+          "prediction": f"resonance control, {base}, k = {k}: oscillation "
+                        "lower with AE-5 at no loss of speed",
+          "measured": f"oscillation {o_on:.3g} vs {o_off:.3g} without "
+                      f"(drop {drop:.0%}); final f {f_on:.3g} vs {f_off:.3g}",
+          "verdict": ("holds" if o_on < o_off and f_on <= 1.1 * f_off
+                      else "fails")})
+  md = "\n\n".join([
+      _task_header(task, seeds) + " Gradients (and the loss the optimizer "
+      "sees) are computed at the parameters of k steps earlier. Rates: "
+      "0.5 for the SGD family, 0.05 for the Adam family (both stable at "
+      "k = 0)."] + blocks)
+  return {"markdown": md, "predictions": preds}
+
+
+@experiment("8", "Experiment 8: Rosenbrock and a deep linear network")
+def exp8(p):
+  seeds = list(range(1, p["seeds"] + 1))
+  names = (O.GROUPS["defaults"] + ["prodigy", "dog", "schedule_free_adamw",
+                                   "adamw_cosine"])
+  md, ttt, budgets = [], {}, {}
+  for tname in ("rosenbrock", "deep_linear"):
+    base = T.get(tname)
+    task = T.get(tname, steps=base.steps * p["scale"])
+    results, rows, _ = _run_all(task, names, seeds)
+    fig = report.plot_curves(results, task, _fig(f"exp8_{tname}.png"))
+    cf = report.plot_coefficients(results, _fig(f"exp8_{tname}_coefs.png"))
+    md += [_task_header(task, seeds), report.markdown_table(rows),
+           f"![{tname}]({_rel(fig)}) ![coefs]({_rel(cf)})"]
+    ttt[task.name] = _ttt_means(results, task)
+    budgets[task.name] = task.steps
+  return {"markdown": "\n\n".join(md), "ttt": ttt, "budgets": budgets,
+          "predictions": []}
+
+
+@experiment("2", "Experiment 2: image classification (digits CNN)")
+def exp2(p):
+  seeds = list(range(1, p["seeds"] + 1))
+  task = T.get("digits_cnn", steps=600 * p["scale"])
+  names = (O.GROUPS["defaults"] + ["adamw_cosine", "prodigy",
+                                   "schedule_free_adamw"])
+  results, rows, _ = _run_all(task, names, seeds)
+  for r, row in zip(results, rows):
+    pass
+  fig = report.plot_curves(results, task, _fig("exp2_digits.png"))
+  cf = report.plot_coefficients(results, _fig("exp2_digits_coefs.png"))
+  md = "\n\n".join([_task_header(task, seeds), report.markdown_table(rows),
+                    f"![digits]({_rel(fig)}) ![coefs]({_rel(cf)})"])
+  return {"markdown": md, "ttt": {task.name: _ttt_means(results, task)},
+          "budgets": {task.name: task.steps}, "predictions": []}
+
+
+# ---------------------------------------------------------------------------
+
+
+def machine_line() -> str:
+  import jax
+  import optax
+  return (f"{datetime.date.today().isoformat()} | {platform.machine()}, "
+          f"{os.cpu_count()} cores | {jax.default_backend()} | jax "
+          f"{jax.__version__} | optax {optax.__version__} | Python "
+          f"{platform.python_version()}")
+
+
+def results_dir(profile):
+  d = ROOT / "benchmarks" / "results" / profile
+  d.mkdir(parents=True, exist_ok=True)
+  return d
+
+
+def assemble(profile: str) -> str:
+  """The RESULTS.md section from every ``exp*.json`` of ``profile``."""
+  d = results_dir(profile)
+  order = list(EXPERIMENTS)
+  found = {}
+  for f in d.glob("exp*.json"):
+    data = json.loads(f.read_text())
+    found[data["id"]] = data
+  parts = [BEGIN, f"## The experiment harness (issue #6), profile `{profile}`",
+           f"Generated by `JAX_PLATFORMS=cpu python benchmarks/experiments.py "
+           f"--profile {profile}` (harness: `benchmarks/harness/`). Each "
+           "experiment's line gives the date, machine and wall time of its "
+           "own run.",
+           "Ran: " + (", ".join(e for e in order if e in found) or "none")
+           + ". Not run in this profile: "
+           + (", ".join(e for e in order if e not in found) or "none") + "."]
+  preds, ttt, budgets = [], {}, {}
+  for eid in order:
+    if eid not in found:
+      continue
+    data = found[eid]
+    parts += [f"### {data['title']}",
+              f"```\n{data['machine']} | profile {profile} | "
+              f"{data['wall_s']:.0f} s\n```", data["markdown"]]
+    preds += data.get("predictions", [])
+    ttt.update(data.get("ttt", {}))
+    budgets.update(data.get("budgets", {}))
+  if preds:
+    parts += ["### Falsifiable predictions",
+              report.markdown_table(preds, ("prediction", "measured",
+                                            "verdict"))]
+  if ttt:
+    rank = M.normalised_ranking(ttt, budgets)
+    rows = [{"optimizer": o, "median normalised time-to-target": f"{v:.2f}",
+             "tasks": str(sum(o in t for t in ttt.values()))}
+            for o, v in sorted(rank.items(), key=lambda kv: kv[1])]
+    parts += ["### Ranking across tasks",
+              "Per task, each optimizer's mean time-to-target (a run where "
+              "some seed never reached the target counts 2x the budget) "
+              "divided by the best optimizer's; the median over the tasks "
+              f"({', '.join(ttt)}). 1.00 = fastest everywhere.",
+              report.markdown_table(rows, ("optimizer",
+                                           "median normalised time-to-target",
+                                           "tasks"))]
+  parts.append(END)
+  section = "\n\n".join(parts)
+  text = RESULTS_MD.read_text()
+  if BEGIN in text and END in text:
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    text = head + section + tail
+  else:
+    text = text.rstrip() + "\n\n" + section + "\n"
+  RESULTS_MD.write_text(text)
+  return section
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+  ap.add_argument("--only", default=None,
+                  help="comma-separated experiment ids (default: all): "
+                       + ", ".join(EXPERIMENTS))
+  ap.add_argument("--assemble", action="store_true",
+                  help="only rebuild the RESULTS.md section")
+  args = ap.parse_args(argv)
+  p = PROFILES[args.profile]
+  ids = list(EXPERIMENTS) if not args.only else args.only.split(",")
+  if not args.assemble:
+    for eid in ids:
+      title, fn = EXPERIMENTS[eid]
+      print(f"== {title}", flush=True)
+      t0 = time.perf_counter()
+      data = fn(p)
+      data.update(id=eid, title=title, machine=machine_line(),
+                  wall_s=time.perf_counter() - t0)
+      (results_dir(args.profile) / f"exp{eid}.json").write_text(
+          json.dumps(data, indent=1, default=float))
+      print(f"   done in {data['wall_s']:.0f} s", flush=True)
+  assemble(args.profile)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

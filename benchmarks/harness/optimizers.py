@@ -1,0 +1,240 @@
+"""The optimizer registry: name -> :class:`OptSpec`.
+
+``OptSpec.factory(learning_rate, steps)`` builds the Optax transformation
+(``steps`` is the run's budget, used by the schedules). Flags tell the
+runner how to drive it:
+
+* ``needs_value``: ``update`` gets ``value=loss`` (AE, reduce_on_plateau);
+* ``eval_params``: ``(state, params) -> params`` evaluated instead of
+  ``params`` (``schedule_free_eval_params``);
+* ``is_ae``: the state holds an AE controller; the runner records
+  ``ae.signals`` and ``ae.coefficients`` every step;
+* ``windowed``: a stateful host-side peer (tensor-optix) that suggests a new
+  learning rate every ``window`` steps; see :mod:`benchmarks.harness.runner`.
+
+``default_lr`` is the optimizer's usual default (1.0 for the parameter-free
+methods, where it is a multiplier). Names:
+
+* peers: ``adamw``, ``adam``, ``sgdm`` (heavy-ball, momentum 0.9),
+  ``adamw_cosine``, ``adamw_warmup_cosine``, ``adamw_step``,
+  ``sgdm_cosine``, ``prodigy``, ``dadapt_adamw``, ``mechanize_adam``,
+  ``dog``, ``schedule_free_adamw``, ``adamw_plateau``, ``adafactor``;
+  ``tox_spsa``, ``tox_adaptive`` (tensor-optix, when installed);
+* AE: ``ae_sgdm``, ``ae_adam``, ``ae_adamw``, ``ae_adafactor``;
+  ``ae_sgdm_noise`` (σ₀ = 1e-3, so the noise law has something to drive);
+* knock-outs: ``<preset>-no_<law>`` for law in noise, resonance, budget,
+  gauge, coupling (the preset's own ``laws_chain=canonical_laws(...,
+  law=False)``; ``ae_adam*`` already run without the gauge, so their
+  ``-no_gauge`` equals the preset and is not registered);
+* tuned: ``<name>@tuned`` is resolved by the runner (learning rate chosen on
+  a log grid on seed 0, see :func:`benchmarks.harness.runner.tune`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import optax
+from optax import contrib
+
+import ae_jax as ae
+
+
+@dataclasses.dataclass(frozen=True)
+class OptSpec:
+  name: str
+  factory: Callable[[float, int], Any]
+  default_lr: float
+  needs_value: bool = False
+  is_ae: bool = False
+  eval_params: Callable | None = None
+  windowed: dict | None = None
+  family: str = ""
+  description: str = ""
+
+
+REGISTRY: dict[str, OptSpec] = {}
+KNOCKOUTS = ("noise", "resonance", "budget", "gauge", "coupling")
+TUNED = "@tuned"
+
+
+def register(spec: OptSpec) -> OptSpec:
+  REGISTRY[spec.name] = spec
+  return spec
+
+
+def names() -> list[str]:
+  return sorted(REGISTRY)
+
+
+def get(name: str) -> OptSpec:
+  """The spec of ``name``; ``<name>@tuned`` returns the spec of ``name``
+  renamed (the runner tunes its learning rate)."""
+  base = name[:-len(TUNED)] if name.endswith(TUNED) else name
+  if base not in REGISTRY:
+    raise KeyError(f"unknown optimizer {name!r}; registered: "
+                   f"{', '.join(names())}")
+  spec = REGISTRY[base]
+  return dataclasses.replace(spec, name=name) if base != name else spec
+
+
+def is_tuned(name: str) -> bool:
+  return name.endswith(TUNED)
+
+
+WD = 1e-4  # the weight decay of optax.adamw's comparisons with ae_adamw
+
+
+def _peer(name, factory, lr, family, description="", **kw):
+  register(OptSpec(name, factory, lr, family=family, description=description,
+                   **kw))
+
+
+_peer("adamw", lambda lr, n: optax.adamw(lr, weight_decay=WD), 1e-3, "adam",
+      "optax.adamw(lr, weight_decay=1e-4)")
+_peer("adam", lambda lr, n: optax.adam(lr), 1e-3, "adam")
+_peer("sgdm", lambda lr, n: optax.sgd(lr, momentum=0.9), 1e-2, "sgd",
+      "optax.sgd(lr, momentum=0.9) (heavy ball)")
+_peer("adafactor", lambda lr, n: optax.adafactor(lr), 1e-2, "adafactor",
+      "optax.adafactor(lr)")
+_peer("adamw_cosine",
+      lambda lr, n: optax.adamw(optax.cosine_decay_schedule(lr, n),
+                                weight_decay=WD), 1e-3, "adam",
+      "adamw, cosine decay to 0 over the budget")
+_peer("adamw_warmup_cosine",
+      lambda lr, n: optax.adamw(optax.warmup_cosine_decay_schedule(
+          0.0, lr, max(1, n // 20), n), weight_decay=WD), 1e-3, "adam",
+      "adamw, 5% linear warm-up then cosine to 0")
+_peer("adamw_step",
+      lambda lr, n: optax.adamw(optax.piecewise_constant_schedule(
+          lr, {n // 2: 0.1, (3 * n) // 4: 0.1}), weight_decay=WD), 1e-3,
+      "adam", "adamw, lr x0.1 at 50% and 75% of the budget")
+_peer("sgdm_cosine",
+      lambda lr, n: optax.sgd(optax.cosine_decay_schedule(lr, n),
+                              momentum=0.9), 1e-2, "sgd")
+_peer("prodigy", lambda lr, n: contrib.prodigy(lr), 1.0, "parameter-free")
+_peer("dadapt_adamw", lambda lr, n: contrib.dadapt_adamw(lr), 1.0,
+      "parameter-free")
+_peer("mechanize_adam", lambda lr, n: contrib.mechanize(optax.adam(lr)), 1.0,
+      "parameter-free", "contrib.mechanize(optax.adam(lr)), base lr 1")
+_peer("dog", lambda lr, n: contrib.dog(lr), 1.0, "parameter-free")
+_peer("schedule_free_adamw",
+      lambda lr, n: contrib.schedule_free_adamw(lr), 0.0025, "schedule-free",
+      "evaluated at schedule_free_eval_params",
+      eval_params=contrib.schedule_free_eval_params)
+_peer("adamw_plateau",
+      lambda lr, n: optax.chain(
+          optax.adamw(lr, weight_decay=WD),
+          contrib.reduce_on_plateau(factor=0.5, patience=5,
+                                    accumulation_size=max(1, n // 100))),
+      1e-3, "adam",
+      "adamw + reduce_on_plateau(factor 0.5, patience 5, loss averaged over "
+      "1% of the budget)", needs_value=True)
+
+# tensor-optix's online optimisers drive inject_hyperparams(adamw)'s rate.
+_TOX_WINDOW = 50
+for _kind in ("spsa", "adaptive"):
+  _peer(f"tox_{_kind}",
+        lambda lr, n: optax.inject_hyperparams(optax.adamw)(
+            learning_rate=lr, weight_decay=WD), 1e-3, "tensor-optix",
+        f"tensor-optix {_kind} suggests adamw's lr every {_TOX_WINDOW} "
+        "steps from log(L_prev/L) on a held-out batch",
+        windowed={"kind": _kind, "window": _TOX_WINDOW,
+                  "bounds": (1e-5, 1e-1)})
+
+
+# ---- AE presets and knock-outs --------------------------------------------
+
+# The coefficient names of each preset (they must match its specs).
+AE_NAMES = {
+    "ae_sgdm": ["learning_rate", "momentum", "sigma"],
+    "ae_adam": ["learning_rate", "b1", "b2", "eps", "sigma"],
+    "ae_adamw": ["learning_rate", "b1", "b2", "eps", "weight_decay", "sigma"],
+}
+_PRESET = {"ae_sgdm": ae.ae_sgdm, "ae_adam": ae.ae_adam,
+           "ae_adamw": ae.ae_adamw}
+_DEFAULT_LR = {"ae_sgdm": 1e-2, "ae_adam": 1e-3, "ae_adamw": 1e-3}
+_BASE_FLAGS = {"ae_sgdm": {}, "ae_adam": {"gauge": False},
+               "ae_adamw": {"gauge": False}}
+
+
+def _ae(name, preset, lr, extra=None, knock=None):
+  extra = dict(extra or {})
+  flags = dict(_BASE_FLAGS[preset])
+  if knock:
+    flags[knock] = False
+
+  def factory(learning_rate, steps, preset=preset, extra=extra, flags=flags,
+              knock=knock):
+    if knock is None:
+      return _PRESET[preset](learning_rate, **extra)
+    chain = ae.canonical_laws(AE_NAMES[preset], **flags)
+    return _PRESET[preset](learning_rate, laws_chain=chain, **extra)
+
+  register(OptSpec(name, factory, lr, needs_value=True, is_ae=True,
+                   family=preset.replace("ae_", ""),
+                   description=f"ae.{preset}" + (f", {knock} law off"
+                                                 if knock else "")))
+
+
+for _p in _PRESET:
+  _ae(_p, _p, _DEFAULT_LR[_p])
+  for _law in KNOCKOUTS:
+    if _law == "gauge" and _BASE_FLAGS[_p].get("gauge") is False:
+      continue
+    _ae(f"{_p}-no_{_law}", _p, _DEFAULT_LR[_p], knock=_law)
+# With sigma = 0 (the preset default) the noise law has nothing to act on:
+# the noise knock-out is only meaningful from sigma_0 > 0.
+_ae("ae_sgdm_noise", "ae_sgdm", 1e-2, extra={"sigma": 1e-3})
+_ae("ae_sgdm_noise-no_noise", "ae_sgdm", 1e-2, extra={"sigma": 1e-3},
+    knock="noise")
+
+
+def _ae_adafactor(lr, steps):
+  # Only the rate is injected: adafactor branches in Python on the others.
+  static = ("min_dim_size_to_factor", "decay_rate", "decay_offset",
+            "multiply_by_parameter_scale", "clipping_threshold", "momentum",
+            "dtype_momentum", "weight_decay_rate", "eps", "factored",
+            "weight_decay_mask")
+  inner = optax.inject_hyperparams(optax.adafactor, static_args=static)(
+      learning_rate=lr)
+  spec = ae.Coefficient("learning_rate", lr, lr * 1e-3, lr * 10, None, "log")
+  return ae.adapt(inner, [spec],
+                  ae.canonical_laws(["learning_rate"], gauge=False),
+                  brake=ae.Brake(scale={"learning_rate": 0.1}))
+
+
+register(OptSpec("ae_adafactor", _ae_adafactor, 1e-2, needs_value=True,
+                 is_ae=True, family="adafactor",
+                 description="ae.adapt(injected(adafactor), [lr], "
+                             "canonical_laws(['learning_rate'], gauge=False))"))
+
+
+def tox_available() -> str | None:
+  """``None`` if tensor-optix imports, else the reason it does not."""
+  try:
+    import tensor_optix  # noqa: F401
+  except Exception as e:  # pylint: disable=broad-except
+    return f"tensor-optix not installed ({type(e).__name__}: {e})"
+  return None
+
+
+GROUPS = {
+    "defaults": ["adamw", "sgdm", "ae_sgdm", "ae_adam", "ae_adamw"],
+    "schedules": ["adamw_cosine", "adamw_warmup_cosine", "adamw_step",
+                  "adamw_plateau"],
+    "parameter_free": ["prodigy", "dadapt_adamw", "mechanize_adam", "dog",
+                       "schedule_free_adamw"],
+    "tensor_optix": ["tox_spsa", "tox_adaptive"],
+    "tuned": ["adamw@tuned", "sgdm@tuned", "ae_adamw@tuned",
+              "ae_sgdm@tuned"],
+}
+
+
+def expand(names_: list[str]) -> list[str]:
+  """Names with group names (``defaults``, ``schedules``, ...) expanded."""
+  out = []
+  for n in names_:
+    out.extend(GROUPS.get(n, [n]))
+  return out

@@ -1,0 +1,58 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Harness: resonance and law knock-outs (experiments 7, 8, 18, small)
+#
+# * **Stale gradients** (experiment 7): on a quadratic bowl, gradients taken
+#   k steps late make momentum methods oscillate; the resonance law AE-5
+#   should shrink α when |ρ| rises.
+# * **Knock-outs** (experiment 18): every law of the canonical chain can be
+#   removed (`canonical_laws(..., resonance=False)`); the registry names them
+#   `ae_sgdm-no_resonance`, `ae_sgdm-no_budget`, ...
+
+# %%
+import pathlib
+import sys
+
+try:
+  import benchmarks.harness  # noqa: F401
+except ImportError:
+  import ae_jax
+  sys.path.insert(0, str(pathlib.Path(ae_jax.__file__).resolve().parents[1]))
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from benchmarks.harness import metrics, runner, tasks
+
+task = tasks.get("quadratic", steps=300)
+fig, ax = plt.subplots(figsize=(6, 3.5))
+for name in ("sgdm", "ae_sgdm", "ae_sgdm-no_resonance"):
+  res = runner.run(task, name, seeds=[1, 2], learning_rate=0.5, delay=4)
+  s = res.summary(task)
+  print(f"{name:22s} final f {np.round(s['final'], 4)}  oscillation "
+        f"{np.round(s['oscillation'], 3)}")
+  ax.semilogy(res.eval_steps, np.nanmean(res.metric, 0), label=name)
+ax.set(title="quadratic, gradients 4 steps stale", xlabel="step",
+       ylabel="f(x)")
+ax.legend()
+plt.show()
+
+# %%
+reg = tasks.get("regression", steps=300)
+for name in ("ae_sgdm", "ae_sgdm-no_budget", "ae_sgdm-no_gauge"):
+  res = runner.run(reg, name, seeds=[1, 2])
+  s = res.summary(reg)
+  print(f"{name:20s} final {metrics.fmt_ci(s['final'])}  var log γ "
+        f"{metrics.fmt_ci(s['var_log_gamma'], 3)}")
