@@ -1,4 +1,4 @@
-"""The AE laws AE-2 ... AE-8 as composable Optax transformations.
+"""The AE laws AE-2 ... AE-8 and AE-10 as composable Optax transformations.
 
 The coefficient layer is itself an Optax problem. Its ``params`` are the
 coefficients in unconstrained coordinates ``z`` (a dict ``name -> scalar``,
@@ -26,6 +26,9 @@ drive terms first, then :func:`evolve`, then step corrections::
       ae.laws.budget({...}),       # AE-6   Δz /= sqrt(1 + λ), |Δz| ≤ max
       ae.laws.resonance(),         # AE-5   Δz_α -= log(1 + κ) on oscillation
   )
+
+:func:`safety` (AE-10 enforced: α falls while the loss level sits above its
+best) is optional and goes before the budget.
 
 All gains may be traced values, so ``jax.grad`` reaches them (AE-9).
 """
@@ -624,6 +627,64 @@ def resonance(coefficient: str = "learning_rate", *, variance_max=4.0,
 
 
 # -- AE-10: Lyapunov energy ---------------------------------------------------
+
+
+class SafetyState(NamedTuple):
+  """State of :func:`safety`: the lowest filtered loss level seen so far."""
+
+  best: chex.Array
+
+
+def safety(coefficient: str = "learning_rate", *, margin=0.1, rate=0.05,
+           smooth=False) -> optax.GradientTransformationExtraArgs:
+  """AE-10 enforced: lowers α while the filtered loss sits above its best.
+
+  .. math::
+
+    e_t = \\frac{\\mathrm{LP}(\\ell)_t - \\ell^{\\mathrm{best}}_t}
+               {|\\ell^{\\mathrm{best}}_t| + \\sqrt{V^\\star_t}} - m,\\qquad
+    \\Delta z_\\alpha \\mathrel{-}= r\\,\\mathbf 1\\{e_t > 0\\},\\qquad
+    \\ell^{\\mathrm{best}}_{t} = \\min_{s \\le t} \\mathrm{LP}(\\ell)_s
+
+  The other laws read signals relative to their own running scale (T/|ΔT|,
+  V/V*, ρ), so a rate that is too high but finite, where the loss bounces
+  on a high plateau, looks like a steady state to them and α stays put (the
+  hyper-cliff of experiment 13). The energy of AE-10 is not allowed to rise:
+  while the low-passed loss stays more than a fraction ``margin`` above the
+  best level seen so far, α falls by ``rate`` in log space per step (α
+  halves in ``log 2 / rate`` steps), until the loss is back within the
+  margin. ``√V*`` (the loss's own noise scale) keeps the test from firing on
+  noise when the best level is near 0. The relative test is invariant to
+  the loss scale. Place it before :func:`budget`, whose trust region bounds
+  the cut like any other step. Not in the presets by default (see
+  ``docs/laws.md``, AE-10): pass ``safety=True`` to
+  :func:`ae_jax.canonical_laws`.
+
+  Args:
+    coefficient: the step-size coefficient (log-parametrised).
+    margin: m, the tolerated relative rise of the loss level above its best.
+    rate: r, the log-step cut per step while the test fires.
+    smooth: AE-9: the indicator becomes ``sigmoid(e_t / τ)``; ``True`` uses
+      :data:`DEFAULT_TEMPERATURE`.
+  """
+  temp = temperature(smooth)
+  check_positive("ae_jax.laws.safety: ", margin=margin, rate=rate)
+
+  def init_fn(params):
+    _check_names("safety", [coefficient], params)
+    dtype = params[coefficient].dtype
+    return SafetyState(best=jnp.full([], jnp.inf, dtype))
+
+  def update_fn(updates, state, params=None, *, signals, **extra_args):
+    del params, extra_args
+    level = jnp.asarray(signals.loss_mean, state.best.dtype)
+    best = jnp.minimum(state.best, level)
+    scale = jnp.abs(best) + jnp.sqrt(signals.V_star) + _TINY
+    fire = gate((level - best) / scale - margin, temp)
+    return _add(updates, coefficient, -rate * fire), SafetyState(best=best)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
 
 
 def lyapunov_energy(loss_level, z: Mapping[str, Any], geometry: Geometry, *,

@@ -12,7 +12,7 @@
 # ---
 
 # %% [markdown]
-# # Harness: core sanity (experiments 1 and 2, small)
+# # Harness: core sanity (experiment 1, small)
 #
 # The harness (`benchmarks/harness`) trains every optimizer from the same
 # initialisation, on the same minibatches, for the same number of steps, as

@@ -144,6 +144,38 @@ def test_task_registry_and_fixed_data_order():
     T.get("nope")
 
 
+def test_char_lm_task_is_causal_and_starts_near_uniform():
+  import jax
+  import jax.numpy as jnp
+  task = T.get("char_lm", batch_size=4, context=16, d_model=16, heads=2,
+               layers=1, n_chars=20_000, eval_windows=8)
+  key = jax.random.PRNGKey(0)
+  batch = task.batch(key, 3)
+  assert batch.shape == (4, 17) and batch.dtype == jnp.int32
+  assert int(batch.max()) < 128 and int(batch.min()) >= 0
+  assert np.array_equal(batch, task.batch(key, 3))  # fixed data order
+  params = task.init(key)
+  # GPT-style init: the first loss is close to log(vocab), perplexity ~128
+  assert float(task.loss(params, batch)) == pytest.approx(math.log(128),
+                                                          rel=0.05)
+  assert 100 < float(task.metric(params)) < 160
+  # causal: changing the last token leaves every earlier logit unchanged
+  tokens = batch[:, :-1]
+  changed = tokens.at[:, -1].set((tokens[:, -1] + 1) % 128)
+  a = T._transformer(params, tokens, 2)
+  b = T._transformer(params, changed, 2)
+  assert np.allclose(a[:, :-1], b[:, :-1], atol=1e-6)
+  assert not np.allclose(a[:, -1], b[:, -1])
+  with pytest.raises(RuntimeError, match="ASCII bytes"):
+    T.stdlib_corpus(10**12)
+
+
+def test_experiments_cover_the_issue_menu():
+  import benchmarks.experiments as E
+  assert {"1", "2", "3", "7", "8", "9", "10", "13", "16", "17",
+          "18"} <= set(E.EXPERIMENTS)
+
+
 # ---- tiny end-to-end runs ---------------------------------------------------
 
 QUAD = dict(dim=4, condition=10.0, steps=40, eval_every=10, target=1e-2)
@@ -167,6 +199,20 @@ def test_run_records_and_same_init_across_optimizers():
   summ = a.summary(task)
   assert set(summ) >= {"final", "ttt", "auc", "nonfinite", "oscillation",
                        "var_log_gamma", "max_dlog_lr"}
+
+
+def test_safety_law_brings_an_absurd_adam_rate_down():
+  """Experiment 13 in miniature: from α = 1 the Adam preset keeps α near 1
+  on the regression MLP (its signals are all relative to their own scale);
+  with the optional AE-10 safety law α falls and the test loss is lower."""
+  task = T.get("regression", steps=300)
+  off = R.run(task, "ae_adamw", seeds=[1], learning_rate=1.0)
+  on = R.run(task, "ae_adamw+safety", seeds=[1], learning_rate=1.0)
+  a_off = off.coefficients["learning_rate"][0]
+  a_on = on.coefficients["learning_rate"][0]
+  assert a_off[100] > 0.5 and a_on[100] < 0.1 * a_off[100]
+  assert on.metric[0, -1] < 0.5 * off.metric[0, -1]
+  assert np.isfinite(on.loss).all()
 
 
 def test_stale_gradients_change_the_run():

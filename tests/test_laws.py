@@ -386,6 +386,60 @@ def test_resonance_two_sided_and_shrink():
   assert math.exp(_cut(-0.99)) == pytest.approx(1 / 1.25)
 
 
+# -- AE-10 enforced: the safety law ---------------------------------------------
+
+
+def _safety_steps(levels, v_star=0.0, **kw):
+  """The α-step of each call for a sequence of loss levels; the best level
+  (margin 0.5 unless given)."""
+  law = laws.safety(**{"margin": 0.5, **kw})
+  state, steps = None, []
+  for level in levels:
+    u, state = apply(law, signals(loss_mean=level, V_star=v_star),
+                     state=state)
+    steps.append(float(u["learning_rate"]))
+  return steps, float(state.best)
+
+
+def test_safety_cuts_alpha_only_while_the_level_sits_above_its_best():
+  # best 2.0; 2.9 is 45% above (inside m = 0.5), 3.2 is 60% above (fires),
+  # then a new best 1.0 makes 1.4 (40%) quiet and 1.6 (60%) fire again.
+  steps, best = _safety_steps([2.0, 2.9, 3.2, 1.0, 1.4, 1.6])
+  assert steps == pytest.approx([0, 0, -0.05, 0, 0, -0.05])
+  assert best == 1.0
+  # r and m are the law's arguments
+  steps, _ = _safety_steps([2.0, 2.9], margin=0.25, rate=0.2)
+  assert steps == pytest.approx([0.0, -0.2])
+  # the law's default margin is 10%: 2.3 is 15% above 2.0, 2.1 only 5%
+  law = laws.safety()
+  _, state = apply(law, signals(loss_mean=2.0))
+  assert float(apply(law, signals(loss_mean=2.3), state=state)[0][
+      "learning_rate"]) == pytest.approx(-0.05)
+  assert float(apply(law, signals(loss_mean=2.1), state=state)[0][
+      "learning_rate"]) == 0.0
+
+
+def test_safety_is_scale_invariant_and_ignores_noise_near_zero():
+  base, _ = _safety_steps([1.0, 1.2, 1.7, 1.3])
+  for c in (1e-3, 1e3):
+    scaled, _ = _safety_steps([c * x for x in (1.0, 1.2, 1.7, 1.3)])
+    assert scaled == pytest.approx(base)
+  # Best 0: a rise of 1e-3 is noise when the loss's own scale is √V* = 0.01.
+  quiet, _ = _safety_steps([0.0, 1e-3], v_star=1e-4)
+  loud, _ = _safety_steps([0.0, 1e-3], v_star=1e-8)
+  assert quiet == [0.0, 0.0] and loud[1] == pytest.approx(-0.05)
+
+
+def test_safety_smooth_gate_and_validation():
+  # smooth: sigmoid(e / τ), e = (3 - 2)/2 - 0.5 = 0 → half the cut
+  steps, _ = _safety_steps([2.0, 3.0], smooth=0.1)
+  assert steps[1] == pytest.approx(-0.025, rel=1e-5)
+  with pytest.raises(ValueError, match="margin"):
+    laws.safety(margin=0.0)
+  with pytest.raises(ValueError, match="rate"):
+    laws.safety(rate=-1.0)
+
+
 # -- unknown names, chains ----------------------------------------------------
 
 _ALPHA_ONLY = [Coefficient("learning_rate", 0.1, 1e-4, 1.0)]
@@ -399,8 +453,9 @@ _ALPHA_ONLY = [Coefficient("learning_rate", 0.1, 1e-4, 1.0)]
     lambda: laws.gauge("momentum"),
     lambda: laws.budget({"momentum": 0.1}),
     lambda: laws.resonance("momentum"),
+    lambda: laws.safety("momentum"),
 ], ids=["drive", "noise", "coupling", "evolve", "gauge", "budget",
-        "resonance"])
+        "resonance", "safety"])
 def test_law_naming_unknown_coefficient_raises_at_build(law):
   chain = optax.chain(laws.evolve({"learning_rate": 0.1}), law())
   with pytest.raises(ValueError, match="momentum"):

@@ -26,6 +26,8 @@ methods, where it is a multiplier). Names:
   gauge, coupling (the preset's own ``laws_chain=canonical_laws(...,
   law=False)``; ``ae_adam*`` already run without the gauge, so their
   ``-no_gauge`` equals the preset and is not registered);
+* ``<preset>+safety``: the preset with the optional AE-10 safety law
+  (``canonical_laws(..., safety=True)``);
 * tuned: ``<name>@tuned`` is resolved by the runner (learning rate chosen on
   a log grid on seed 0, see :func:`benchmarks.harness.runner.tune`).
 """
@@ -159,23 +161,30 @@ _BASE_FLAGS = {"ae_sgdm": {}, "ae_adam": {"gauge": False},
                "ae_adamw": {"gauge": False}}
 
 
-def _ae(name, preset, lr, extra=None, knock=None):
+def _ae(name, preset, lr, extra=None, knock=None, add=None):
   extra = dict(extra or {})
   flags = dict(_BASE_FLAGS[preset])
   if knock:
     flags[knock] = False
+  if add:
+    flags[add] = True
+  custom = bool(knock or add)
 
   def factory(learning_rate, steps, preset=preset, extra=extra, flags=flags,
-              knock=knock):
-    if knock is None:
+              custom=custom):
+    if not custom:
       return _PRESET[preset](learning_rate, **extra)
     chain = ae.canonical_laws(AE_NAMES[preset], **flags)
     return _PRESET[preset](learning_rate, laws_chain=chain, **extra)
 
+  description = f"ae.{preset}"
+  if knock:
+    description += f", {knock} law off"
+  if add:
+    description += f", optional {add} law on"
   register(OptSpec(name, factory, lr, needs_value=True, is_ae=True,
                    family=preset.replace("ae_", ""),
-                   description=f"ae.{preset}" + (f", {knock} law off"
-                                                 if knock else "")))
+                   description=description))
 
 
 for _p in _PRESET:
@@ -184,6 +193,8 @@ for _p in _PRESET:
     if _law == "gauge" and _BASE_FLAGS[_p].get("gauge") is False:
       continue
     _ae(f"{_p}-no_{_law}", _p, _DEFAULT_LR[_p], knock=_law)
+  # The optional AE-10 safety law (laws.safety), off in the presets.
+  _ae(f"{_p}+safety", _p, _DEFAULT_LR[_p], add="safety")
 # With sigma = 0 (the preset default) the noise law has nothing to act on:
 # the noise knock-out is only meaningful from sigma_0 > 0.
 _ae("ae_sgdm_noise", "ae_sgdm", 1e-2, extra={"sigma": 1e-3})
