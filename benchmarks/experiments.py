@@ -72,20 +72,10 @@ def _rel(path):
 
 
 def _run_all(task, names, seeds, delay=0, learning_rates=None):
-  results, rows, skipped = [], [], []
-  for name in names:
-    spec = O.get(name)
-    if spec.windowed and O.tox_available():
-      skipped.append(f"`{name}` skipped: {O.tox_available()}")
-      continue
-    lr = (learning_rates or {}).get(name)
-    t0 = time.perf_counter()
-    res = R.run(task, spec, seeds, delay=delay, learning_rate=lr)
-    print(f"    {task.name} {name}: {time.perf_counter() - t0:.1f} s",
-          flush=True)
-    results.append(res)
-    rows.append(report.row(res, task))
-  return results, rows, skipped
+  results, rows, skipped = report.run_many(
+      task, names, seeds, delay=delay, learning_rates=learning_rates)
+  return results, rows, [f"`{s.split(':')[0]}` skipped: "
+                         f"{s.split(': ', 1)[1]}" for s in skipped]
 
 
 def _ttt_means(results, task):
@@ -383,16 +373,28 @@ def exp7(p):
 
 @experiment("8", "Experiment 8: Rosenbrock and a deep linear network")
 def exp8(p):
-  seeds = list(range(1, p["seeds"] + 1))
   names = (O.GROUPS["defaults"] + ["prodigy", "dog", "schedule_free_adamw",
                                    "adamw_cosine"])
+  return _sweep_tasks(p, [("rosenbrock", "exp8_rosenbrock"),
+                          ("deep_linear", "exp8_deep_linear")], names)
+
+
+def _sweep_tasks(p, tasks, names):
+  """Each (task name, figure stem) at its registered steps x profile scale:
+  table, curves and coefficient figures, time-to-target for the ranking.
+  A task whose optional dependency is missing is reported, not run."""
+  seeds = list(range(1, p["seeds"] + 1))
   md, ttt, budgets = [], {}, {}
-  for tname in ("rosenbrock", "deep_linear"):
-    base = T.get(tname)
+  for tname, stem in tasks:
+    try:
+      base = T.get(tname)
+    except ImportError as e:
+      md.append(f"`{tname}` not run: {e}")
+      continue
     task = T.get(tname, steps=base.steps * p["scale"])
     results, rows, _ = _run_all(task, names, seeds)
-    fig = report.plot_curves(results, task, _fig(f"exp8_{tname}.png"))
-    cf = report.plot_coefficients(results, _fig(f"exp8_{tname}_coefs.png"))
+    fig = report.plot_curves(results, task, _fig(f"{stem}.png"))
+    cf = report.plot_coefficients(results, _fig(f"{stem}_coefs.png"))
     md += [_task_header(task, seeds), report.markdown_table(rows),
            f"![{tname}]({_rel(fig)}) ![coefs]({_rel(cf)})"]
     ttt[task.name] = _ttt_means(results, task)
@@ -404,26 +406,10 @@ def exp8(p):
 @experiment("2", "Experiment 2: image classification (digits and MNIST-1D "
                 "CNNs)")
 def exp2(p):
-  seeds = list(range(1, p["seeds"] + 1))
   names = (O.GROUPS["defaults"] + ["adamw_cosine", "prodigy",
                                    "schedule_free_adamw"])
-  md, ttt, budgets = [], {}, {}
-  for tname, short in (("digits_cnn", "digits"), ("mnist1d_cnn", "mnist1d")):
-    try:
-      base = T.get(tname)
-    except ImportError as e:  # mnist1d is an optional dependency
-      md.append(f"`{tname}` not run: {e}")
-      continue
-    task = T.get(tname, steps=base.steps * p["scale"])
-    results, rows, _ = _run_all(task, names, seeds)
-    fig = report.plot_curves(results, task, _fig(f"exp2_{short}.png"))
-    cf = report.plot_coefficients(results, _fig(f"exp2_{short}_coefs.png"))
-    md += [_task_header(task, seeds), report.markdown_table(rows),
-           f"![{short}]({_rel(fig)}) ![coefs]({_rel(cf)})"]
-    ttt[task.name] = _ttt_means(results, task)
-    budgets[task.name] = task.steps
-  return {"markdown": "\n\n".join(md), "ttt": ttt, "budgets": budgets,
-          "predictions": []}
+  return _sweep_tasks(p, [("digits_cnn", "exp2_digits"),
+                          ("mnist1d_cnn", "exp2_mnist1d")], names)
 
 
 @experiment("3", "Experiment 3: language modelling (byte-level transformer)")

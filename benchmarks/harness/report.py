@@ -86,6 +86,16 @@ def _smooth(y, w):
   return np.apply_along_axis(lambda r: np.convolve(r, k, "valid"), -1, y)
 
 
+def _save(plt, fig, legend_ax, path, title):
+  legend_ax.legend(fontsize=7)
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return path
+
+
 def plot_curves(results: Sequence[R.Result], task: Task, path: str,
                 title: str | None = None) -> str:
   """Metric (left) and smoothed training loss (right), mean ± 95% bands."""
@@ -104,13 +114,7 @@ def plot_curves(results: Sequence[R.Result], task: Task, path: str,
               title=f"{task.name}: {task.metric_name} (target dotted)")
   axes[1].set(xlabel="step", ylabel="training loss (moving average)",
               yscale="log", title="training loss")
-  axes[0].legend(fontsize=7)
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
-  return path
+  return _save(plt, fig, axes[0], path, title)
 
 
 def plot_coefficients(results: Sequence[R.Result], path: str,
@@ -136,13 +140,7 @@ def plot_coefficients(results: Sequence[R.Result], path: str,
         y = 1 - y
       ax.plot(np.arange(y.size), y, lw=1, label=r.optimizer)
     ax.set(title=label, xlabel="step", yscale=scale)
-  axes[0].legend(fontsize=7)
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
-  return path
+  return _save(plt, fig, axes[0], path, title)
 
 
 def plot_lr_sensitivity(sweeps: dict[str, tuple], task: Task, path: str
@@ -170,6 +168,27 @@ def plot_lr_sensitivity(sweeps: dict[str, tuple], task: Task, path: str
   return path
 
 
+def run_many(task: Task, names: Sequence[str], seeds: Sequence[int], *,
+             steps: int | None = None, delay: int = 0,
+             learning_rates: dict | None = None, verbose: bool = True
+             ) -> tuple[list[R.Result], list[dict], list[str]]:
+  """:func:`runner.run` for each optimizer name; returns the results, their
+  table rows and the reasons of the ones skipped (tensor-optix missing)."""
+  results, rows, skipped = [], [], []
+  for name in names:
+    spec = O.get(name)
+    if spec.windowed and O.tox_available():
+      skipped.append(f"{name}: {O.tox_available()}")
+      continue
+    lr = (learning_rates or {}).get(name)
+    res = R.run(task, spec, seeds, steps, learning_rate=lr, delay=delay)
+    results.append(res)
+    rows.append(row(res, task))
+    if verbose:
+      print(f"    {task.name} {name}: {res.wall_s:.1f} s", flush=True)
+  return results, rows, skipped
+
+
 def compare(task: Task, optimizers: Sequence[str], seeds: int = 5,
             steps: int | None = None, out: str | None = None,
             learning_rates: dict | None = None, delay: int = 0,
@@ -181,20 +200,11 @@ def compare(task: Task, optimizers: Sequence[str], seeds: int = 5,
   Optimizers that cannot run (tensor-optix not installed) are skipped with
   a printed reason, never silently.
   """
-  names = O.expand(list(optimizers))
   eval_seeds = list(range(1, seeds + 1))
-  results, rows, skipped = [], [], []
-  for name in names:
-    spec = O.get(name)
-    if spec.windowed and O.tox_available():
-      skipped.append(f"{name}: {O.tox_available()}")
-      continue
-    lr = (learning_rates or {}).get(name)
-    res = R.run(task, spec, eval_seeds, steps, learning_rate=lr, delay=delay)
-    results.append(res)
-    rows.append(row(res, task))
-    if verbose:
-      print(f"  {name}: {res.wall_s:.1f} s", flush=True)
+  results, rows, skipped = run_many(task, O.expand(list(optimizers)),
+                                    eval_seeds, steps=steps, delay=delay,
+                                    learning_rates=learning_rates,
+                                    verbose=verbose)
   if verbose:
     print(f"\n{task.name}: {task.description}; {results[0].steps if results else steps} "
           f"steps, seeds {eval_seeds[0]}..{eval_seeds[-1]}, target "
