@@ -313,7 +313,7 @@ def _finish(inner, specs, laws_chain, *, delayed, seed, gains, smooth,
                momentum=momentum, stats_sample=STATS_SAMPLE, smooth=smooth)
 
 
-def ae_sgdm(learning_rate: float = 1e-2, momentum: float = 0.9, *,
+def ae_sgdm(learning_rate: float = 1e-1, momentum: float = 0.9, *,
             sigma: float = 0.0, learning_rate_bounds=None,
             momentum_bounds=(0.0, 0.99), sigma_bounds=None,
             laws_chain=None, delayed: bool = False, seed: int = 0,
@@ -330,8 +330,14 @@ def ae_sgdm(learning_rate: float = 1e-2, momentum: float = 0.9, *,
     \\beta_{t+1} = \\Pi\\big(\\beta_t + \\eta_b(b_1\\tanh(\\rho_t-\\rho^\\star)
       - b_2\\,\\phi_V - \\gamma_\\beta(\\beta_t-\\bar\\beta))\\big)
 
+  The base is SGD with EMA momentum (:func:`ema_sgd`), so that moving β does
+  not move the step size. Its α is therefore ``1 / (1 - β)`` times Optax's
+  heavy-ball rate: ``ae_sgdm(0.1, 0.9)`` starts with the same steps as
+  ``optax.sgd(1e-2, momentum=0.9)``, which is why the default α is 0.1.
+
   Args:
-    learning_rate: initial α.
+    learning_rate: initial α (EMA-momentum convention; a heavy-ball rate
+      ``lr`` with momentum β corresponds to ``lr / (1 - β)``).
     momentum: initial β (EMA momentum, see :func:`ema_sgd`).
     sigma: initial parameter-noise σ (0: no noise).
     learning_rate_bounds: Ω for α (default: 1e-3 α₀ to 10 α₀).

@@ -375,3 +375,33 @@ def test_resonance_knockout_shrinks_alpha_less_on_a_too_large_step():
   assert lr_full[:10].min() < 0.6 * 0.8     # the clamp cut α fast
   assert lr_knocked[:4].min() > 0.75        # without it α barely moved yet
   assert lr_full[-1] < lr_knocked[-1]
+
+
+def test_ema_sgd_alpha_is_heavy_ball_rate_over_one_minus_beta():
+  # ema_sgd(α, β) takes exactly the steps of optax.sgd(α (1 - β), β): the
+  # conversion the ae_sgdm docstring states.
+  grads = [jnp.array([1.0, -2.0]), jnp.array([0.5, 3.0]),
+           jnp.array([-1.0, 0.25])]
+  ema, heavy = ae.ema_sgd(0.1, 0.9), optax.sgd(0.01, momentum=0.9)
+  s_ema, s_heavy = ema.init(grads[0]), heavy.init(grads[0])
+  for g in grads:
+    u_ema, s_ema = ema.update(g, s_ema)
+    u_heavy, s_heavy = heavy.update(g, s_heavy)
+    np.testing.assert_allclose(u_ema, u_heavy, rtol=1e-6)
+  # and with a different μ the two conventions differ
+  u_other, _ = ae.ema_sgd(0.01, 0.9).update(grads[0],
+                                            ae.ema_sgd(0.01, 0.9).init(grads[0]))
+  assert not np.allclose(u_other, heavy.update(grads[0],
+                                               heavy.init(grads[0]))[0])
+
+
+def test_ae_sgdm_default_starts_like_optax_sgd_default():
+  # The default α = 0.1 (EMA momentum 0.9) is optax.sgd(1e-2, momentum=0.9):
+  # the first update is the same before AE has moved anything (delayed: step
+  # 0 runs with the initial coefficients).
+  tx, ref = ae.ae_sgdm(delayed=True), optax.sgd(1e-2, momentum=0.9)
+  g = jax.tree.map(lambda p: jnp.full_like(p, 0.7), PARAMS)
+  u, _ = tx.update(g, tx.init(PARAMS), PARAMS, value=1.0)
+  u_ref, _ = ref.update(g, ref.init(PARAMS), PARAMS)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+               u, u_ref)

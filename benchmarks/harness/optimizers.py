@@ -156,7 +156,8 @@ AE_NAMES = {
 }
 _PRESET = {"ae_sgdm": ae.ae_sgdm, "ae_adam": ae.ae_adam,
            "ae_adamw": ae.ae_adamw}
-_DEFAULT_LR = {"ae_sgdm": 1e-2, "ae_adam": 1e-3, "ae_adamw": 1e-3}
+# ae_sgdm at 0.1 (EMA momentum) takes the steps of sgdm at 1e-2 (heavy ball).
+_DEFAULT_LR = {"ae_sgdm": 1e-1, "ae_adam": 1e-3, "ae_adamw": 1e-3}
 _BASE_FLAGS = {"ae_sgdm": {}, "ae_adam": {"gauge": False},
                "ae_adamw": {"gauge": False}}
 
@@ -197,8 +198,8 @@ for _p in _PRESET:
   _ae(f"{_p}+safety", _p, _DEFAULT_LR[_p], add="safety")
 # With sigma = 0 (the preset default) the noise law has nothing to act on:
 # the noise knock-out is only meaningful from sigma_0 > 0.
-_ae("ae_sgdm_noise", "ae_sgdm", 1e-2, extra={"sigma": 1e-3})
-_ae("ae_sgdm_noise-no_noise", "ae_sgdm", 1e-2, extra={"sigma": 1e-3},
+_ae("ae_sgdm_noise", "ae_sgdm", 1e-1, extra={"sigma": 1e-3})
+_ae("ae_sgdm_noise-no_noise", "ae_sgdm", 1e-1, extra={"sigma": 1e-3},
     knock="noise")
 
 
