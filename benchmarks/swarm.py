@@ -12,7 +12,10 @@ regression task) train ``steps`` member steps each, four ways:
 * ``chunked-4``: the same in vmapped chunks of 4 members of similar budget
   (a little masking inside a chunk);
 * ``vmap-masked``: the same unequal budgets in the vmapped mode, which pays
-  ``M * max B`` member steps; its rate counts only the honoured steps.
+  ``M * max B`` member steps; its rate counts only the honoured steps;
+* ``adamw``: the ratio ``vmap`` / ``sequential`` for the same members with
+  plain ``optax.adamw`` (no AE controller): the ceiling that vmapping the
+  member's own forward and backward pass gives on this machine.
 
 Prints member steps per second and the ratio to ``sequential``, side by side.
 Compilation is excluded (one warm-up call each); each figure is the best of
@@ -32,6 +35,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from ae_jax import swarm
 
@@ -80,6 +84,20 @@ def measure(m: int, steps: int, *, hidden: int, batch: int, repeats: int
       "chunked-4": lambda: chunked4(pop, unequal, data),
       "vmap-masked": lambda: vmapped(pop, unequal, data),
   }
+  # The ceiling vmap can give here: the same members with plain optax.adamw
+  # (no controller), vmapped vs sequential.
+  plain = swarm.Family(make=lambda prior: optax.adamw(
+      prior["learning_rate"], weight_decay=1e-4))
+  plain_pop = pop._replace(opt_state=jax.vmap(
+      lambda p, prior: plain.make(prior).init(p))(pop.params, pop.prior))
+  plain_single = jax.jit(swarm.member_runner(plain, swarm.mse_loss, batch))
+  plain_members = [swarm.member(plain_pop, i) for i in range(m)]
+  plain_vmapped = jax.jit(lambda p, b, d: swarm.train(
+      p, b, d, family=plain, loss_fn=swarm.mse_loss, batch_size=batch,
+      mode="vmap")[0].params)
+  runs["plain-sequential"] = lambda: [
+      plain_single(plain_members[i], data, steps)[0].params for i in range(m)]
+  runs["plain-vmap"] = lambda: plain_vmapped(plain_pop, equal, data)
   rates = {}
   for name, fn in runs.items():
     jax.block_until_ready(fn())   # compile
@@ -108,9 +126,11 @@ def main(argv=None) -> None:
         f"{platform.processor() or platform.machine()})")
   header = (f"{'M':>4} {'sequential':>11} {'vmap':>11} {'chunked':>11} "
             f"{'chunked-4':>11} {'vmap-masked':>11} | {'vmap':>6} "
-            f"{'chunk':>6} {'chunk4':>6} {'masked':>6} {'maxB/B':>6}")
+            f"{'chunk':>6} {'chunk4':>6} {'masked':>6} {'maxB/B':>6} "
+            f"{'adamw':>6}")
   print("member steps per second (honoured steps / wall time); right: "
-        "ratio to sequential, and the largest unequal budget / mean budget")
+        "ratio to sequential, the largest unequal budget / mean budget, and "
+        "vmap / sequential for plain optax.adamw members")
   print(header)
   print("-" * len(header))
   for m in sizes:
@@ -121,7 +141,8 @@ def main(argv=None) -> None:
     print(f"{m:>4} {seq:>11.0f} {r['vmap']:>11.0f} {r['chunked']:>11.0f} "
           f"{r['chunked-4']:>11.0f} {r['vmap-masked']:>11.0f} | "
           f"{ratio('vmap')} {ratio('chunked')} {ratio('chunked-4')} "
-          f"{ratio('vmap-masked')} {r['max_budget'] / steps:>6.2f}",
+          f"{ratio('vmap-masked')} {r['max_budget'] / steps:>6.2f} "
+          f"{r['plain-vmap'] / r['plain-sequential']:>5.2f}x",
           flush=True)
 
 
