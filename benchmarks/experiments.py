@@ -547,7 +547,9 @@ def assemble(profile: str) -> str:
            "own run.",
            "Ran: " + (", ".join(e for e in order if e in found) or "none")
            + ". Not run in this profile: "
-           + (", ".join(e for e in order if e not in found) or "none") + "."]
+           + (", ".join(e for e in order if e not in found) or "none") + ". "
+           "Sum of their wall times: "
+           f"{sum(d['wall_s'] for d in found.values()) / 60:.0f} min."]
   preds, ttt, budgets = [], {}, {}
   for eid in order:
     if eid not in found:
