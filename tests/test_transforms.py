@@ -111,7 +111,9 @@ def test_vmap_over_traced_learning_rates():
     chex.assert_trees_all_close(jax.tree.map(lambda x, i=i: x[i], p_all),
                                 p_i, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(l_all[i], l_i, rtol=1e-5, atol=1e-6)
-    chex.assert_trees_all_close(lr_all[i], lr_i, rtol=1e-5)
+    # α = exp(z) after 20 float32 steps: vmap and single compile to
+    # different kernels (seen 1.6e-5 relative apart)
+    chex.assert_trees_all_close(lr_all[i], lr_i, rtol=1e-4)
   # and equal to building the optimizer with a concrete Python float
   tx = ae.ae_sgdm(float(rates[2]), learning_rate_bounds=bounds)
   p_c, _, _ = jax.jit(lambda p: _scan_train(tx, p, loss_fn, 20))(params)
