@@ -170,8 +170,7 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
     coupling: AE-7 (only if α and a momentum-like coefficient are present).
     drive: AE-2 (without it only gauge, budget and resonance act).
     safety: AE-10 enforced (:func:`ae_jax.laws.safety`): α falls while the
-      filtered loss stays 10% above its best level. Off here; the Adam
-      presets turn it on (their ``safety`` argument).
+      filtered loss stays 10% above its best level. Off by default.
     gauge_warmup: steps before the gauge calibrates γ*.
     gains: a :class:`LawGains` (every gain, may be traced: AE-9), or
       overrides of :data:`CANONICAL_DRIVE` rows.
@@ -414,7 +413,7 @@ def adamw_coefficients(learning_rate: float = 1e-3, b1: float = 0.9,
 def ae_adam(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
             eps: float = 1e-8, *, sigma: float = 0.0,
             learning_rate_bounds=None, sigma_bounds=None, laws_chain=None,
-            safety: bool = True, delayed: bool = False, seed: int = 0,
+            delayed: bool = False, seed: int = 0,
             gains: LawGains | None = None, smooth=False,
             ) -> optax.GradientTransformationExtraArgs:
   """AE-Adam: Adam whose α, β1, β2, ε and σ evolve (theory section 6).
@@ -432,12 +431,7 @@ def ae_adam(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
     sigma: initial parameter-noise σ (0: no noise).
     learning_rate_bounds: Ω for α (default: 1e-3 α₀ to 10 α₀).
     sigma_bounds: Ω for σ when σ > 0.
-    laws_chain: replaces :func:`canonical_laws` (then ``safety`` is unused).
-    safety: include the AE-10 safety law (:func:`ae_jax.laws.safety`): α
-      falls while the filtered loss stays 10% above its best level. On by
-      default for the Adam presets: without it a rate that is too high but
-      finite reads as a steady state (the hyper-cliff of experiment 13);
-      at the default rates it did not change a run in the harness.
+    laws_chain: replaces :func:`canonical_laws`.
     delayed: see :func:`ae_jax.adapt`.
     seed: noise seed.
     gains: a :class:`LawGains` (may be traced); see :func:`ae_sgdm`.
@@ -448,14 +442,14 @@ def ae_adam(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
   inner = injected(optax.adam, learning_rate=learning_rate, b1=b1, b2=b2,
                    eps=eps)
   return _finish(inner, specs, laws_chain, delayed=delayed, seed=seed,
-                 gains=gains, smooth=smooth, gauge=False, safety=safety)
+                 gains=gains, smooth=smooth, gauge=False)
 
 
 def ae_adamw(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
              eps: float = 1e-8, weight_decay: float = 1e-4, *,
              sigma: float = 0.0, learning_rate_bounds=None,
              weight_decay_bounds=None, sigma_bounds=None, laws_chain=None,
-             safety: bool = True, delayed: bool = False, seed: int = 0,
+             delayed: bool = False, seed: int = 0,
              gains: LawGains | None = None, smooth=False,
              ) -> optax.GradientTransformationExtraArgs:
   """AE-AdamW: AdamW whose α, β1, β2, ε, λ and σ evolve (theory section 6).
@@ -471,12 +465,7 @@ def ae_adamw(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
     learning_rate_bounds: Ω for α (default: 1e-3 α₀ to 10 α₀).
     weight_decay_bounds: Ω for λ (default: 1e-2 λ₀ to 1e2 λ₀).
     sigma_bounds: Ω for σ when σ > 0.
-    laws_chain: replaces :func:`canonical_laws` (then ``safety`` is unused).
-    safety: include the AE-10 safety law (:func:`ae_jax.laws.safety`): α
-      falls while the filtered loss stays 10% above its best level. On by
-      default for the Adam presets: without it a rate that is too high but
-      finite reads as a steady state (the hyper-cliff of experiment 13);
-      at the default rates it did not change a run in the harness.
+    laws_chain: replaces :func:`canonical_laws`.
     delayed: see :func:`ae_jax.adapt`.
     seed: noise seed.
     gains: a :class:`LawGains` (may be traced); see :func:`ae_sgdm`.
@@ -489,4 +478,4 @@ def ae_adamw(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
   inner = injected(optax.adamw, learning_rate=learning_rate, b1=b1, b2=b2,
                    eps=eps, weight_decay=weight_decay)
   return _finish(inner, specs, laws_chain, delayed=delayed, seed=seed,
-                 gains=gains, smooth=smooth, gauge=False, safety=safety)
+                 gains=gains, smooth=smooth, gauge=False)

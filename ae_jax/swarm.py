@@ -203,9 +203,8 @@ def ae_adamw_family(learning_rate: float = 3e-4, b1: float = 0.9,
     row = base_row._replace(
         progress=base_row.progress * prior["progress"],
         variance=base_row.variance * prior["variance"])
-    # the chain of ae_adamw (gauge off, AE-10 safety on) with the prior's gains
     chain = presets.canonical_laws(names, gains={"learning_rate": row},
-                                   gauge=False, safety=True)
+                                   gauge=False)
     return presets.ae_adamw(prior["learning_rate"], b1, b2, eps,
                             weight_decay, learning_rate_bounds=bounds,
                             laws_chain=chain)

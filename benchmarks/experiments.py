@@ -165,9 +165,8 @@ def exp13(p):
   lrs = {"adamw": 1.0, "ae_adamw": 1.0, "ae_adam": 1.0, "adamw_plateau": 1.0,
          "sgdm": 10.0, "ae_sgdm": 100.0, "ae_adamw-no_budget": 1.0,
          "ae_sgdm-no_budget": 100.0,
-         # the AE-10 safety law (laws.safety): on in the Adam presets, off
-         # in ae_sgdm
-         "ae_adam-no_safety": 1.0, "ae_adamw-no_safety": 1.0,
+         # the optional AE-10 safety law (laws.safety), off in the presets
+         "ae_adam+safety": 1.0, "ae_adamw+safety": 1.0,
          "ae_sgdm+safety": 100.0}
   results, rows, _ = _run_all(task, list(lrs), seeds, learning_rates=lrs)
   extra = []
@@ -177,7 +176,7 @@ def exp13(p):
     row["time to stability"] = M.fmt_ci(tts, 3)
     d = r.summary(task).get("max_dlog_lr")
     row["max Δlog α"] = f"{np.nanmax(d):.3g}" if d is not None else "—"
-    if r.optimizer in ("ae_adamw", "ae_sgdm", "ae_adamw-no_safety",
+    if r.optimizer in ("ae_adamw", "ae_sgdm", "ae_adamw+safety",
                        "ae_sgdm+safety"):
       nan_steps = int(M.nonfinite(r.loss).sum())
       stable = np.isfinite(tts).all()
@@ -197,10 +196,9 @@ def exp13(p):
       _task_header(task, seeds) + " Every optimizer starts at 1000x its "
       "family's default rate. Time to stability: first step after which the "
       "training loss stays finite and below its initial value. "
-      "The AE-10 safety law (`laws.safety`: α falls while the filtered "
-      "loss stays 10% above its best level) is on in `ae_adam` and "
-      "`ae_adamw` (`-no_safety`: without it) and off in `ae_sgdm` "
-      "(`+safety`: with it).",
+      "`+safety`: the preset with the optional AE-10 safety law "
+      "(`canonical_laws(..., safety=True)`: α falls while the filtered loss "
+      "stays 10% above its best level).",
       report.markdown_table(rows, cols), f"![curves]({_rel(curves)})",
       f"![coefficients]({_rel(coefs)})"])
   return {"markdown": md, "predictions": preds}

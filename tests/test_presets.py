@@ -405,15 +405,3 @@ def test_ae_sgdm_default_starts_like_optax_sgd_default():
   u_ref, _ = ref.update(g, ref.init(PARAMS), PARAMS)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
                u, u_ref)
-
-
-def test_adam_presets_carry_the_safety_law_unless_turned_off():
-  def has_safety(tx):
-    leaves = jax.tree_util.tree_leaves(
-        tx.init(PARAMS), is_leaf=lambda x: isinstance(x, ae.laws.SafetyState))
-    return any(isinstance(x, ae.laws.SafetyState) for x in leaves)
-
-  assert has_safety(ae.ae_adam()) and has_safety(ae.ae_adamw())
-  assert not has_safety(ae.ae_adam(safety=False))
-  assert not has_safety(ae.ae_adamw(safety=False))
-  assert not has_safety(ae.ae_sgdm())

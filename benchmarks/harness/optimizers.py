@@ -26,9 +26,8 @@ methods, where it is a multiplier). Names:
   gauge, coupling (the preset's own ``laws_chain=canonical_laws(...,
   law=False)``; ``ae_adam*`` already run without the gauge, so their
   ``-no_gauge`` equals the preset and is not registered);
-* ``ae_sgdm+safety``: ae_sgdm with the AE-10 safety law
-  (``canonical_laws(..., safety=True)``), which only the Adam presets have
-  by default; ``ae_adam-no_safety``, ``ae_adamw-no_safety``: those without it;
+* ``<preset>+safety``: the preset with the optional AE-10 safety law
+  (``canonical_laws(..., safety=True)``);
 * tuned: ``<name>@tuned`` is resolved by the runner (learning rate chosen on
   a log grid on seed 0, see :func:`benchmarks.harness.runner.tune`).
 """
@@ -159,9 +158,8 @@ _PRESET = {"ae_sgdm": ae.ae_sgdm, "ae_adam": ae.ae_adam,
            "ae_adamw": ae.ae_adamw}
 # ae_sgdm at 0.1 (EMA momentum) takes the steps of sgdm at 1e-2 (heavy ball).
 _DEFAULT_LR = {"ae_sgdm": 1e-1, "ae_adam": 1e-3, "ae_adamw": 1e-3}
-# The law flags of each preset's own chain (knock-outs start from these).
-_BASE_FLAGS = {"ae_sgdm": {}, "ae_adam": {"gauge": False, "safety": True},
-               "ae_adamw": {"gauge": False, "safety": True}}
+_BASE_FLAGS = {"ae_sgdm": {}, "ae_adam": {"gauge": False},
+               "ae_adamw": {"gauge": False}}
 
 
 def _ae(name, preset, lr, extra=None, knock=None, add=None):
@@ -196,12 +194,8 @@ for _p in _PRESET:
     if _law == "gauge" and _BASE_FLAGS[_p].get("gauge") is False:
       continue
     _ae(f"{_p}-no_{_law}", _p, _DEFAULT_LR[_p], knock=_law)
-  # The AE-10 safety law (laws.safety): on in the Adam presets (knock it
-  # out), off in ae_sgdm (add it).
-  if _BASE_FLAGS[_p].get("safety"):
-    _ae(f"{_p}-no_safety", _p, _DEFAULT_LR[_p], knock="safety")
-  else:
-    _ae(f"{_p}+safety", _p, _DEFAULT_LR[_p], add="safety")
+  # The optional AE-10 safety law (laws.safety), off in the presets.
+  _ae(f"{_p}+safety", _p, _DEFAULT_LR[_p], add="safety")
 # With sigma = 0 (the preset default) the noise law has nothing to act on:
 # the noise knock-out is only meaningful from sigma_0 > 0.
 _ae("ae_sgdm_noise", "ae_sgdm", 1e-1, extra={"sigma": 1e-3})
