@@ -636,15 +636,18 @@ class SafetyState(NamedTuple):
 
 
 def safety(coefficient: str = "learning_rate", *, margin=0.1, rate=0.05,
-           smooth=False) -> optax.GradientTransformationExtraArgs:
+           forget=1.0, smooth=False) -> optax.GradientTransformationExtraArgs:
   """AE-10 enforced: lowers α while the filtered loss sits above its best.
 
   .. math::
 
     e_t = \\frac{\\mathrm{LP}(\\ell)_t - \\ell^{\\mathrm{best}}_t}
                {|\\ell^{\\mathrm{best}}_t| + \\sqrt{V^\\star_t}} - m,\\qquad
-    \\Delta z_\\alpha \\mathrel{-}= r\\,\\mathbf 1\\{e_t > 0\\},\\qquad
-    \\ell^{\\mathrm{best}}_{t} = \\min_{s \\le t} \\mathrm{LP}(\\ell)_s
+    \\Delta z_\\alpha \\mathrel{-}= r\\,\\mathbf 1\\{e_t > 0\\},
+
+    \\ell^{\\mathrm{best}}_{t} = \\min\\big(\\mathrm{LP}(\\ell)_t,\\;
+      \\ell^{\\mathrm{best}}_{t-1} + (1 - f)(\\mathrm{LP}(\\ell)_t
+      - \\ell^{\\mathrm{best}}_{t-1})\\big)
 
   The other laws read signals relative to their own running scale (T/|ΔT|,
   V/V*, ρ), so a rate that is too high but finite, where the loss bounces
@@ -653,22 +656,31 @@ def safety(coefficient: str = "learning_rate", *, margin=0.1, rate=0.05,
   while the low-passed loss stays more than a fraction ``margin`` above the
   best level seen so far, α falls by ``rate`` in log space per step (α
   halves in ``log 2 / rate`` steps), until the loss is back within the
-  margin. ``√V*`` (the loss's own noise scale) keeps the test from firing on
-  noise when the best level is near 0. The relative test is invariant to
-  the loss scale. Place it before :func:`budget`, whose trust region bounds
-  the cut like any other step. Not in the presets by default (see
-  ``docs/laws.md``, AE-10): pass ``safety=True`` to
-  :func:`ae_jax.canonical_laws`.
+  margin. With ``forget`` f < 1 the best level forgets upward (a horizon
+  of ``1 / (1 - f)`` steps), so a loss that has settled on a higher level
+  becomes the reference again; the default f = 1 is a running minimum,
+  which can pin α at the floor of Ω after one early bump, while f < 1 lets
+  α climb back on a plateau that is too high (measured trade-off in
+  ``docs/laws.md``, AE-10). ``√V*`` (the loss's own noise scale) keeps the
+  test from firing on noise when the best level is near 0. The relative
+  test is invariant to the loss scale. Place it before :func:`budget`, whose
+  trust region bounds the cut like any other step. Not in the presets by
+  default: pass ``safety=True`` to :func:`ae_jax.canonical_laws`.
 
   Args:
     coefficient: the step-size coefficient (log-parametrised).
     margin: m, the tolerated relative rise of the loss level above its best.
     rate: r, the log-step cut per step while the test fires.
+    forget: f in (0, 1], how much of the best level survives each step
+      when the loss sits above it (1: a running minimum).
     smooth: AE-9: the indicator becomes ``sigmoid(e_t / τ)``; ``True`` uses
       :data:`DEFAULT_TEMPERATURE`.
   """
   temp = temperature(smooth)
   check_positive("ae_jax.laws.safety: ", margin=margin, rate=rate)
+  if not isinstance(forget, jax.core.Tracer) and not 0.0 < forget <= 1.0:
+    raise ValueError(f"ae_jax.laws.safety: forget must lie in (0, 1], got "
+                     f"{forget}")
 
   def init_fn(params):
     _check_names("safety", [coefficient], params)
@@ -678,7 +690,12 @@ def safety(coefficient: str = "learning_rate", *, margin=0.1, rate=0.05,
   def update_fn(updates, state, params=None, *, signals, **extra_args):
     del params, extra_args
     level = jnp.asarray(signals.loss_mean, state.best.dtype)
-    best = jnp.minimum(state.best, level)
+    # The best level forgets upward at 1 - forget per step, so a loss that
+    # has settled on a higher level becomes the reference again.
+    prev = state.best
+    relaxed = jnp.where(jnp.isfinite(prev), prev + (1 - forget) * (level - prev),
+                        level)
+    best = jnp.minimum(relaxed, level)
     scale = jnp.abs(best) + jnp.sqrt(signals.V_star) + _TINY
     fire = gate((level - best) / scale - margin, temp)
     return _add(updates, coefficient, -rate * fire), SafetyState(best=best)

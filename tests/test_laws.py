@@ -391,8 +391,8 @@ def test_resonance_two_sided_and_shrink():
 
 def _safety_steps(levels, v_star=0.0, **kw):
   """The α-step of each call for a sequence of loss levels; the best level
-  (margin 0.5 unless given)."""
-  law = laws.safety(**{"margin": 0.5, **kw})
+  (margin 0.5 and no forgetting unless given)."""
+  law = laws.safety(**{"margin": 0.5, "forget": 1.0, **kw})
   state, steps = None, []
   for level in levels:
     u, state = apply(law, signals(loss_mean=level, V_star=v_star),
@@ -417,6 +417,25 @@ def test_safety_cuts_alpha_only_while_the_level_sits_above_its_best():
       "learning_rate"]) == pytest.approx(-0.05)
   assert float(apply(law, signals(loss_mean=2.1), state=state)[0][
       "learning_rate"]) == 0.0
+
+
+def test_safety_best_level_forgets_upward():
+  # forget f: best ← min(level, best + (1 - f)(level - best)). From best 2.0
+  # a level of 4.0 moves it to 4 - 2·0.9^n: 2.2, 2.38, 2.542 (each still
+  # > 50% below 4, so the law fires), 2.6878 (quiet: 4 is 48.8% above).
+  steps, best = _safety_steps([2.0, 4.0, 4.0, 4.0, 4.0], forget=0.9)
+  assert steps == pytest.approx([0, -0.05, -0.05, -0.05, 0])
+  assert best == pytest.approx(4 - 2 * 0.9 ** 4)
+  # without forgetting it would fire for as long as the level stays up
+  steps, best = _safety_steps([2.0, 4.0, 4.0, 4.0, 4.0])
+  assert steps == pytest.approx([0, -0.05, -0.05, -0.05, -0.05]) and best == 2
+  # a lower level still resets it at once
+  _, best = _safety_steps([2.0, 4.0, 1.0], forget=0.9)
+  assert best == 1.0
+  with pytest.raises(ValueError, match="forget"):
+    laws.safety(forget=0.0)
+  with pytest.raises(ValueError, match="forget"):
+    laws.safety(forget=1.5)
 
 
 def test_safety_is_scale_invariant_and_ignores_noise_near_zero():
