@@ -693,9 +693,13 @@ def safety(coefficient: str = "learning_rate", *, margin=0.1, rate=0.05,
     # The best level forgets upward at 1 - forget per step, so a loss that
     # has settled on a higher level becomes the reference again.
     prev = state.best
-    relaxed = jnp.where(jnp.isfinite(prev), prev + (1 - forget) * (level - prev),
-                        level)
-    best = jnp.minimum(relaxed, level)
+    if isinstance(forget, (int, float)) and forget == 1.0:
+      best = jnp.minimum(prev, level)  # the running minimum
+    else:
+      both = jnp.isfinite(prev) & jnp.isfinite(level)
+      relaxed = jnp.where(both, prev + (1 - forget) * (level - prev),
+                          jnp.where(jnp.isfinite(prev), prev, level))
+      best = jnp.minimum(relaxed, level)
     scale = jnp.abs(best) + jnp.sqrt(signals.V_star) + _TINY
     fire = gate((level - best) / scale - margin, temp)
     return _add(updates, coefficient, -rate * fire), SafetyState(best=best)

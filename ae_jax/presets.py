@@ -152,7 +152,8 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
                    noise: bool = True, resonance: bool = True,
                    budget: bool = True, gauge: bool = True,
                    coupling: bool = True, drive: bool = True,
-                   safety: bool = False, gauge_warmup: int = 50,
+                   safety: bool = False, safety_forget: float = 1.0,
+                   gauge_warmup: int = 50,
                    gains: Mapping[str, laws.DriveGains] | LawGains | None = None,
                    eta: Mapping[str, float] | None = None,
                    smooth=False) -> optax.GradientTransformationExtraArgs:
@@ -171,6 +172,8 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
     drive: AE-2 (without it only gauge, budget and resonance act).
     safety: AE-10 enforced (:func:`ae_jax.laws.safety`): α falls while the
       filtered loss stays 10% above its best level. Off by default.
+    safety_forget: the safety law's ``forget`` (1: its best level is a
+      running minimum; below 1 it forgets upward, see ``docs/laws.md``).
     gauge_warmup: steps before the gauge calibrates γ*.
     gains: a :class:`LawGains` (every gain, may be traced: AE-9), or
       overrides of :data:`CANONICAL_DRIVE` rows.
@@ -210,7 +213,7 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
     chain.append(laws.gauge(step_size, eta=gains.gauge, warmup=gauge_warmup,
                             calibration=1.0))
   if safety and step_size in names:
-    chain.append(laws.safety(step_size, smooth=smooth))
+    chain.append(laws.safety(step_size, forget=safety_forget, smooth=smooth))
   if budget:
     chain.append(laws.budget(
         {n: CANONICAL_MAX_STEP[n] for n in names if n in CANONICAL_MAX_STEP},

@@ -149,7 +149,9 @@ def exp1(p):
       else "",
       f"Learning-rate sensitivity: median final {task.metric_name} over "
       f"seeds {sens_seeds[0]}..{sens_seeds[-1]} against the initial (for "
-      "AE) or constant learning rate (for prodigy: its multiplier).",
+      "AE) or constant learning rate (for prodigy: its multiplier). "
+      "`ae_sgdm`'s α is in the EMA-momentum convention: at α it takes the "
+      "steps of `sgdm` at α/10.",
       report.markdown_table(sens_rows, sens_cols),
       f"![lr sensitivity]({_rel(sens)})"]))
   return {"markdown": md, "ttt": {task.name: _ttt_means(results, task)},

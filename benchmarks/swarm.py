@@ -14,8 +14,8 @@ regression task) train ``steps`` member steps each, four ways:
 * ``vmap-masked``: the same unequal budgets in the vmapped mode, which pays
   ``M * max B`` member steps; its rate counts only the honoured steps;
 * ``adamw``: the ratio ``vmap`` / ``sequential`` for the same members with
-  plain ``optax.adamw`` (no AE controller): the ceiling that vmapping the
-  member's own forward and backward pass gives on this machine.
+  plain ``optax.adamw`` (no AE controller): a reference for how well the
+  member's own forward and backward pass batches on this machine.
 
 Prints member steps per second and the ratio to ``sequential``, side by side.
 Compilation is excluded (one warm-up call each); each figure is the best of
@@ -84,8 +84,8 @@ def measure(m: int, steps: int, *, hidden: int, batch: int, repeats: int
       "chunked-4": lambda: chunked4(pop, unequal, data),
       "vmap-masked": lambda: vmapped(pop, unequal, data),
   }
-  # The ceiling vmap can give here: the same members with plain optax.adamw
-  # (no controller), vmapped vs sequential.
+  # A reference: the same members with plain optax.adamw (no controller),
+  # vmapped vs sequential.
   plain = swarm.Family(make=lambda prior: optax.adamw(
       prior["learning_rate"], weight_decay=1e-4))
   plain_pop = pop._replace(opt_state=jax.vmap(

@@ -421,8 +421,8 @@ def test_safety_cuts_alpha_only_while_the_level_sits_above_its_best():
 
 def test_safety_best_level_forgets_upward():
   # forget f: best ← min(level, best + (1 - f)(level - best)). From best 2.0
-  # a level of 4.0 moves it to 4 - 2·0.9^n: 2.2, 2.38, 2.542 (each still
-  # > 50% below 4, so the law fires), 2.6878 (quiet: 4 is 48.8% above).
+  # a level of 4.0 moves it to 4 - 2·0.9^n: 2.2, 2.38, 2.542 (4 is still
+  # > 50% above each, so the law fires), 2.6878 (quiet: 4 is 48.8% above).
   steps, best = _safety_steps([2.0, 4.0, 4.0, 4.0, 4.0], forget=0.9)
   assert steps == pytest.approx([0, -0.05, -0.05, -0.05, 0])
   assert best == pytest.approx(4 - 2 * 0.9 ** 4)
@@ -432,6 +432,11 @@ def test_safety_best_level_forgets_upward():
   # a lower level still resets it at once
   _, best = _safety_steps([2.0, 4.0, 1.0], forget=0.9)
   assert best == 1.0
+  # an infinite level leaves the best level alone (with or without
+  # forgetting), so the law still fires on the next high level
+  for forget in (1.0, 0.9):
+    steps, _ = _safety_steps([2.0, float("inf"), 4.0], forget=forget)
+    assert steps[2] == pytest.approx(-0.05)
   with pytest.raises(ValueError, match="forget"):
     laws.safety(forget=0.0)
   with pytest.raises(ValueError, match="forget"):

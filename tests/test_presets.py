@@ -388,7 +388,7 @@ def test_ema_sgd_alpha_is_heavy_ball_rate_over_one_minus_beta():
     u_ema, s_ema = ema.update(g, s_ema)
     u_heavy, s_heavy = heavy.update(g, s_heavy)
     np.testing.assert_allclose(u_ema, u_heavy, rtol=1e-6)
-  # and with a different μ the two conventions differ
+  # and at the same α the two conventions differ
   u_other, _ = ae.ema_sgd(0.01, 0.9).update(grads[0],
                                             ae.ema_sgd(0.01, 0.9).init(grads[0]))
   assert not np.allclose(u_other, heavy.update(grads[0],
