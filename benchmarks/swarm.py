@@ -35,7 +35,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from ae_jax import swarm
 
@@ -49,14 +48,36 @@ def _best_time(fn, repeats):
   return best
 
 
+def _population(family, m: int, hidden: int):
+  """M members of ``family`` (same key: same parameters for every family)."""
+  return swarm.init_population(
+      jax.random.PRNGKey(1), lambda k: swarm.init_mlp(k, (10, hidden, 1)),
+      family, swarm.reference_priors(m, 3e-4))
+
+
+def _modes(family, pop, data, steps: int, batch: int):
+  """``(sequential, trainer)``: M single-member runs one after the other,
+  and ``trainer(mode, chunk)``, a jitted :func:`swarm.train`."""
+  single = jax.jit(swarm.member_runner(family, swarm.mse_loss, batch))
+  members = [swarm.member(pop, i) for i in range(len(pop.steps))]
+
+  def sequential():
+    return [single(mb, data, steps)[0].params for mb in members]
+
+  def trainer(mode, chunk=1):
+    return jax.jit(lambda p, b, d: swarm.train(
+        p, b, d, family=family, loss_fn=swarm.mse_loss, batch_size=batch,
+        mode=mode, chunk=chunk)[0].params)
+
+  return sequential, trainer
+
+
 def measure(m: int, steps: int, *, hidden: int, batch: int, repeats: int
             ) -> dict[str, float]:
   """Member steps per second of each mode at population size ``m``."""
   data = swarm.regression_data(jax.random.PRNGKey(0))
   family = swarm.ae_adamw_family(3e-4)
-  pop = swarm.init_population(
-      jax.random.PRNGKey(1), lambda k: swarm.init_mlp(k, (10, hidden, 1)),
-      family, swarm.reference_priors(m, 3e-4))
+  pop = _population(family, m, hidden)
   total = m * steps
   equal = jnp.full([m], steps, jnp.int32)
   scores = jax.random.uniform(jax.random.PRNGKey(2), (m,))
@@ -64,40 +85,25 @@ def measure(m: int, steps: int, *, hidden: int, batch: int, repeats: int
   unequal = swarm.allocate_budgets(weights, total, steps // 4)
   assert int(unequal.sum()) == total
 
-  single = jax.jit(swarm.member_runner(family, swarm.mse_loss, batch))
-  members = [swarm.member(pop, i) for i in range(m)]
-
-  def sequential():
-    return [single(members[i], data, steps)[0].params for i in range(m)]
-
-  def trainer(mode, chunk=1):
-    return jax.jit(lambda p, b, d: swarm.train(
-        p, b, d, family=family, loss_fn=swarm.mse_loss, batch_size=batch,
-        mode=mode, chunk=chunk)[0].params)
-
+  sequential, trainer = _modes(family, pop, data, steps, batch)
   vmapped, chunked = trainer("vmap"), trainer("chunked")
   chunked4 = trainer("chunked", min(4, m))
+  # A reference: the same members with plain optax.adamw (no controller),
+  # vmapped vs sequential.
+  plain = swarm.adamw_family()
+  plain_pop = _population(plain, m, hidden)
+  plain_sequential, plain_trainer = _modes(plain, plain_pop, data, steps,
+                                           batch)
+  plain_vmapped = plain_trainer("vmap")
   runs = {
       "sequential": sequential,
       "vmap": lambda: vmapped(pop, equal, data),
       "chunked": lambda: chunked(pop, unequal, data),
       "chunked-4": lambda: chunked4(pop, unequal, data),
       "vmap-masked": lambda: vmapped(pop, unequal, data),
+      "plain-sequential": plain_sequential,
+      "plain-vmap": lambda: plain_vmapped(plain_pop, equal, data),
   }
-  # A reference: the same members with plain optax.adamw (no controller),
-  # vmapped vs sequential.
-  plain = swarm.Family(make=lambda prior: optax.adamw(
-      prior["learning_rate"], weight_decay=1e-4))
-  plain_pop = pop._replace(opt_state=jax.vmap(
-      lambda p, prior: plain.make(prior).init(p))(pop.params, pop.prior))
-  plain_single = jax.jit(swarm.member_runner(plain, swarm.mse_loss, batch))
-  plain_members = [swarm.member(plain_pop, i) for i in range(m)]
-  plain_vmapped = jax.jit(lambda p, b, d: swarm.train(
-      p, b, d, family=plain, loss_fn=swarm.mse_loss, batch_size=batch,
-      mode="vmap")[0].params)
-  runs["plain-sequential"] = lambda: [
-      plain_single(plain_members[i], data, steps)[0].params for i in range(m)]
-  runs["plain-vmap"] = lambda: plain_vmapped(plain_pop, equal, data)
   rates = {}
   for name, fn in runs.items():
     jax.block_until_ready(fn())   # compile
