@@ -691,15 +691,13 @@ def safety(coefficient: str = "learning_rate", *, margin=0.1, rate=0.05,
     del params, extra_args
     level = jnp.asarray(signals.loss_mean, state.best.dtype)
     # The best level forgets upward at 1 - forget per step, so a loss that
-    # has settled on a higher level becomes the reference again.
+    # has settled on a higher level becomes the reference again; a
+    # non-finite level or best (the initial inf) is not relaxed toward, so
+    # f = 1 is exactly the running minimum.
     prev = state.best
-    if isinstance(forget, (int, float)) and forget == 1.0:
-      best = jnp.minimum(prev, level)  # the running minimum
-    else:
-      both = jnp.isfinite(prev) & jnp.isfinite(level)
-      relaxed = jnp.where(both, prev + (1 - forget) * (level - prev),
-                          jnp.where(jnp.isfinite(prev), prev, level))
-      best = jnp.minimum(relaxed, level)
+    finite = jnp.isfinite(prev) & jnp.isfinite(level)
+    relaxed = jnp.where(finite, prev + (1 - forget) * (level - prev), prev)
+    best = jnp.minimum(relaxed, level)
     scale = jnp.abs(best) + jnp.sqrt(signals.V_star) + _TINY
     fire = gate((level - best) / scale - margin, temp)
     return _add(updates, coefficient, -rate * fire), SafetyState(best=best)
