@@ -39,6 +39,9 @@ from ae_jax.coefficient import Coefficient, as_specs
 
 # Fields of Optax states that hold a first moment, in order of preference.
 MOMENTUM_FIELDS = ("mu", "trace", "ema")
+# Fields of Optax states that hold a second moment (Adam's ``nu``): the phase
+# reference is then the preconditioned momentum, the direction Adam applies.
+SECOND_MOMENT_FIELDS = ("nu",)
 _INJECT_STATES = (optax.InjectStatefulHyperparamsState,
                   optax.InjectHyperparamsState)
 
@@ -112,6 +115,37 @@ def _read_momentum(inner_state, field: str, grads):
                    f"gradient's structure")
 
 
+def _find_second_moment_field(state, momentum_field) -> str | None:
+  if momentum_field is None:
+    return None
+  for field in SECOND_MOMENT_FIELDS:
+    for value in _moments(state, field):
+      leaves = jax.tree.leaves(value)
+      if len(leaves) == 1 and jnp.shape(leaves[0]) == ():
+        return field
+  return None
+
+
+def _hyperparam(inner_state, name: str, default):
+  for s in _inject_states(inner_state):
+    if name in s.hyperparams:
+      return s.hyperparams[name]
+  return default
+
+
+def _phase_reference(inner_state, momentum_field, second_field, grads):
+  """The direction of the step the base applied last: its momentum, divided
+  by ``sqrt(nu) + eps`` when it keeps a second moment (Adam's direction,
+  without the bias corrections, scalars that a cosine does not see)."""
+  mu = _read_momentum(inner_state, momentum_field, grads)
+  if second_field is None:
+    return mu
+  nu = _read_momentum(inner_state, second_field, grads)
+  eps = _hyperparam(inner_state, "eps", 1e-8)
+  return jax.tree.map(
+      lambda m, v: m / (jnp.sqrt(v) + jnp.asarray(eps, v.dtype)), mu, nu)
+
+
 def write_hyperparams(inner_state, values: dict):
   """Writes ``values`` into the base optimizer's ``hyperparams`` (cast to
   their dtype); names absent from ``hyperparams`` are skipped."""
@@ -127,6 +161,13 @@ def write_hyperparams(inner_state, values: dict):
 
   return jax.tree.map(write, inner_state,
                       is_leaf=lambda x: isinstance(x, _INJECT_STATES))
+
+
+def _scaled(grads, factor, filters):
+  """``grads`` times the clip factor (a no-op when clipping is off)."""
+  if filters.grad_clip is None:
+    return grads
+  return jax.tree.map(lambda g: g * factor.astype(g.dtype), grads)
 
 
 def sanitize(grads, inf_value=0.0):
@@ -249,6 +290,7 @@ def adapt(inner: optax.GradientTransformation,
       specs, laws, filters=filters, brake=brake, step_size=step_size,
       energy_weight=energy_weight, smooth=smooth)
   momentum_field = _find_momentum_field(probe, momentum)
+  second_field = _find_second_moment_field(probe, momentum_field)
   inf_value = (brake or controller_lib.Brake()).inf_value
   # A σ held at a single value (σ = 0 by default) draws no noise at all.
   noise = noise if noise in names else None
@@ -320,7 +362,8 @@ def adapt(inner: optax.GradientTransformation,
           updates, state.phase_ref, dtype=dtype, inf_value=inf_value)
     elif momentum_field:
       stats = measurement.gradient_stats(
-          updates, _read_momentum(state.inner_state, momentum_field, grads),
+          updates, _phase_reference(state.inner_state, momentum_field,
+                                    second_field, grads),
           dtype, inf_value=inf_value)
     else:
       stats = measurement.gradient_stats(updates, state.phase_ref, dtype,
@@ -332,9 +375,11 @@ def adapt(inner: optax.GradientTransformation,
 
     if delayed:
       applied = state.controller.values
-      updates, inner_state = inner_update(grads, state.inner_state, params,
-                                          **extra_args)
+      # Without clipping the update does not depend on the controller step.
       values, cstate = ctrl.step(state.controller, value, stats, reward)
+      updates, inner_state = inner_update(
+          _scaled(grads, cstate.signals.clip, filters), state.inner_state,
+          params, **extra_args)
       alpha = applied[step_size] if step_size in applied else 1.0
       cstate = cstate._replace(signals=cstate.signals._replace(
           gamma=alpha * cstate.signals.gnorm))
@@ -343,16 +388,17 @@ def adapt(inner: optax.GradientTransformation,
       values, cstate = ctrl.step(state.controller, value, stats, reward)
       applied = values
       inner_state = write_hyperparams(state.inner_state, values)
-      updates, inner_state = inner_update(grads, inner_state, params,
-                                          **extra_args)
+      updates, inner_state = inner_update(
+          _scaled(grads, cstate.signals.clip, filters), inner_state, params,
+          **extra_args)
 
     if noise is not None:
       updates = add_noise(updates, applied[noise], noise_key)
     if plan is not None:
       # Blocks of this step's momentum (or gradient), read from the new
       # state, for the next step's ρ.
-      new_ref = (_read_momentum(inner_state, momentum_field, grads)
-                 if momentum_field else grads)
+      new_ref = (_phase_reference(inner_state, momentum_field, second_field,
+                                  grads) if momentum_field else grads)
       starts = measurement.draw_starts(stats_key, grads, plan)
       phase_ref = measurement.PhaseSample(
           starts, measurement.take_blocks(new_ref, starts))

@@ -505,6 +505,76 @@ def gauge(coefficient: str = "learning_rate", *, eta=1e-3, target=None,
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+# -- AE-5 phase term, hypergradient form ------------------------------------
+
+
+class HypergradientState(NamedTuple):
+  """State of :func:`hypergradient`: EMAs of ρ and ρ² and their count."""
+
+  count: chex.Array
+  mean: chex.Array
+  square: chex.Array
+
+
+def hypergradient(coefficient: str = "learning_rate", *, gain=0.05,
+                  decay=0.9, square_decay=0.99, filter_mode: str = "debiased",
+                  ) -> optax.GradientTransformationExtraArgs:
+  """The step size follows the sign of its own hypergradient (AE-5 phase term).
+
+  .. math::
+
+    \Delta\log\alpha_t \mathrel{+}= \kappa\,
+      \frac{\mathrm{LP}_{\beta}(\rho_t)}{\sqrt{\mathrm{LP}_{\beta_2}(\rho_t^2)}},
+    \qquad \rho_t = \cos\angle(g_t, d_{t-1})
+
+  where :math:`d_{t-1}` is the direction of the step the base applied last
+  (the momentum, preconditioned for Adam: ``ae.adapt`` measures ρ there).
+  The derivative of the loss with respect to :math:`\log\alpha` is
+  :math:`-\alpha_{t-1} g_t^\top d_{t-1}`, so ρ > 0 says the last step was
+  too short and ρ < 0 that it overshot. Dividing the filtered ρ by its RMS
+  makes the term scale-free and near ±1 whenever the sign is consistent, so
+  α travels κ per step in log space from any start (a decade in
+  ``log 10 / κ`` steps) and stays put where the sign is noise.
+
+  Args:
+    coefficient: the step-size coefficient (log-parametrised).
+    gain: κ, the log-step per step at a consistent sign.
+    decay: decay of the EMA of ρ.
+    square_decay: decay of the EMA of ρ².
+    filter_mode: EMA flavour, see :class:`ae_jax.measurement.FilterConfig`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` over the coefficients.
+
+  References:
+    Baydin et al., `Online Learning Rate Adaptation with Hypergradient
+    Descent <https://arxiv.org/abs/1703.04782>`_, ICLR 2018.
+  """
+  check_nonnegative("ae_jax.laws.hypergradient: ", gain=gain)
+
+  def init_fn(params):
+    _check_names("hypergradient", [coefficient], params)
+    dtype = params[coefficient].dtype
+    return HypergradientState(count=jnp.zeros([], jnp.int32),
+                              mean=jnp.zeros([], dtype),
+                              square=jnp.zeros([], dtype))
+
+  def update_fn(updates, state, params=None, *, signals, **extra_args):
+    del params, extra_args
+    rho = jnp.asarray(signals.rho, state.mean.dtype)
+    mean, mean_hat = measurement.ema(state.mean, rho, decay, state.count,
+                                     filter_mode)
+    square, square_hat = measurement.ema(state.square, rho * rho,
+                                         square_decay, state.count,
+                                         filter_mode)
+    term = gain * mean_hat * jax.lax.rsqrt(square_hat + _TINY)
+    new_state = HypergradientState(count=optax.safe_increment(state.count),
+                                   mean=mean, square=square)
+    return _add(updates, coefficient, term), new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
 # -- AE-6: budget -------------------------------------------------------------
 
 

@@ -75,6 +75,8 @@ class Signals(NamedTuple):
     gnorm: the gradient norm ``‖g_t‖``.
     gamma: the effective step ``α_t ‖g_t‖`` of the step that was applied.
     brake: 1.0 where the emergency brake fired this step, else 0.0.
+    clip: the factor in (0, 1] the gradient is scaled by before the base
+      update (``FilterConfig.grad_clip``; 1 when it is off or idle).
   """
 
   loss: chex.Array
@@ -91,6 +93,7 @@ class Signals(NamedTuple):
   gnorm: chex.Array
   gamma: chex.Array
   brake: chex.Array
+  clip: chex.Array
 
 
 class FilterState(NamedTuple):
@@ -109,6 +112,7 @@ class FilterState(NamedTuple):
   S: chex.Array
   V_star: chex.Array
   S_star: chex.Array
+  G: chex.Array  # low-passed norm of the (clipped) gradient
 
 
 class FilterConfig(NamedTuple):
@@ -131,6 +135,13 @@ class FilterConfig(NamedTuple):
       as a repeat of the last good loss (the step says nothing about the
       loss statistics); the reference feeds ``loss_limit`` into its filters,
       which then read a variance spike for hundreds of steps.
+    grad_clip: a gradient whose norm exceeds ``grad_clip`` times the
+      low-passed norm of the previous (clipped) gradients is scaled down to
+      that (``Signals.clip``; the low-pass has decay ``grad_norm``), so an
+      absurd gradient never reaches the parameters at full size and the
+      limit can grow by at most ``1 + (1 - grad_norm)(grad_clip - 1)`` per
+      step. ``None`` (default) never clips.
+    grad_norm: decay of the low-passed gradient norm ``G``.
   """
 
   loss_mean: Any = 0.98
@@ -142,6 +153,8 @@ class FilterConfig(NamedTuple):
   loss_limit: float = 1e8
   variance_clip: float = 1e6
   hold_bad_loss: bool = True
+  grad_clip: float | None = None
+  grad_norm: Any = 0.95
 
 
 _TINY = 1e-12
@@ -173,6 +186,14 @@ def validate_filter_config(config: FilterConfig) -> None:
   for field in ("loss_limit", "variance_clip"):
     if not float(getattr(config, field)) > 0.0:
       raise ValueError(f"FilterConfig.{field} must be positive")
+  if config.grad_clip is not None and not float(config.grad_clip) >= 1.0:
+    raise ValueError(f"FilterConfig.grad_clip must be >= 1 (a multiple of "
+                     f"the running gradient norm) or None, got "
+                     f"{config.grad_clip!r}")
+  if (not isinstance(config.grad_norm, jax.core.Tracer)
+      and not 0.0 <= float(config.grad_norm) < 1.0):
+    raise ValueError(f"FilterConfig.grad_norm is a decay and must lie in "
+                     f"[0, 1), got {config.grad_norm!r}")
 
 
 def init_filters(dtype=None) -> FilterState:
@@ -187,7 +208,8 @@ def init_filters(dtype=None) -> FilterState:
 def init_signals(dtype=None) -> Signals:
   """Returns the signals reported before the first step (all zero)."""
   dtype = dtype or controller_dtype()
-  return Signals(*(jnp.zeros([], dtype) for _ in Signals._fields))
+  signals = Signals(*(jnp.zeros([], dtype) for _ in Signals._fields))
+  return signals._replace(clip=jnp.ones([], dtype))
 
 
 def ema(moment, sample, decay, count, mode: str):
@@ -423,6 +445,18 @@ def measure(state: FilterState, config: FilterConfig, loss, stats: GradStats,
   s_acc, grad_var = ema(state.S, gvar + _TINY, config.grad_variance, count,
                         mode)
   gnorm = safe_sqrt(stats.sumsq) + _TINY
+  clip = jnp.ones([], dtype)
+  if config.grad_clip is not None:
+    # The limit reads the filter before this step (debiased), so a spike
+    # cannot raise its own ceiling; no limit before the first gradient.
+    limit = config.grad_clip * state.G / jnp.maximum(
+        1.0 - jnp.asarray(config.grad_norm, dtype) ** count.astype(dtype),
+        _TINY)
+    clip = jnp.where(first | ~jnp.isfinite(gnorm), 1.0,
+                     jnp.minimum(1.0, limit / gnorm))
+  g_acc = optax.tree.update_moment(jnp.where(jnp.isfinite(gnorm),
+                                             clip * gnorm, 0.0),
+                                   state.G, config.grad_norm, order=1)
   ref_norm = safe_sqrt(stats.ref_sumsq)
   rho = jnp.where(
       ref_norm > 0,
@@ -437,7 +471,7 @@ def measure(state: FilterState, config: FilterConfig, loss, stats: GradStats,
   signals = Signals(loss=measured, loss_mean=loss_mean_hat, T=trend, T_scale=trend_scale, V=variance,
                     R=reward_trend, R_scale=reward_scale, rho=rho, S=grad_var,
                     V_star=v_star, S_star=s_star, gnorm=gnorm, gamma=zero,
-                    brake=zero)
+                    brake=zero, clip=clip)
   new_state = FilterState(
       count=optax.safe_increment(count), prev_loss=loss,
       prev_reward=reward_now,
@@ -445,5 +479,5 @@ def measure(state: FilterState, config: FilterConfig, loss, stats: GradStats,
                    else jnp.ones_like(state.reward_seen)),
       loss_mean=loss_mean, T=t_acc, T_scale=ts_acc,
       V=v_acc, R=r_acc, R_scale=rs_acc, S=s_acc, V_star=vs_acc,
-      S_star=ss_acc)
+      S_star=ss_acc, G=g_acc)
   return signals, new_state

@@ -37,7 +37,10 @@ from ae_jax.controller import Brake
 LEARNING_RATE = "learning_rate"
 SIGMA = "sigma"
 
-# Canonical drive rows, by coefficient name (see docs/laws.md).
+# The theory's drive rows (AE-2), by coefficient name. Not in the canonical
+# chain by default: measured, they moved β1, β2 and the momentum open-loop and
+# cost final loss (docs/laws.md); ``canonical_laws(..., drive=True)`` or a
+# ``LawGains`` (meta-learning) brings them back.
 CANONICAL_DRIVE = {
     "learning_rate": laws.DriveGains(progress=1.0, variance=1.0, phase=0.5,
                                      leak=0.01),
@@ -54,13 +57,24 @@ CANONICAL_ETA = {
 }
 # Canonical trust region |Δz| per step (AE-6).
 CANONICAL_MAX_STEP = {
-    "learning_rate": 0.1, "momentum": 0.02, "b1": 0.05, "b2": 0.05,
+    "learning_rate": 0.25, "momentum": 0.02, "b1": 0.05, "b2": 0.05,
     "eps": 0.1, "weight_decay": 0.05, "sigma": 0.1,
 }
 # Gradient statistics of models above this many parameters are estimated from
 # a random sample of this many elements (see measurement.gradient_stats).
 STATS_SAMPLE = 2**16
 
+# A gradient above this multiple of its running norm is scaled down to it
+# (measurement.FilterConfig.grad_clip).
+GRAD_CLIP = 4.0
+# The step-size law (laws.hypergradient): κ, the log-step per step at a
+# consistent sign of the hypergradient, and the decay of its ρ filter.
+CANONICAL_HYPERGRADIENT = 0.2
+HYPERGRADIENT_DECAY = 0.7
+# Ω of α relative to the given rate α₀, and the warm start: α begins at
+# WARM_START · α₀ and climbs on the hypergradient (a decade in ~12 steps).
+LEARNING_RATE_RANGE = (1e-6, 1e4)
+WARM_START = 1e-3
 # AE-7: a mild negative α ↔ β coupling (the theory's prediction 1).
 CANONICAL_COUPLING = -0.1
 # AE-8: η_γ of the gauge.
@@ -96,6 +110,7 @@ class LawGains(NamedTuple):
     coupling: C of AE-7, a 2×2 array over (α, the momentum-like
       coefficient).
     gauge: η_γ of AE-8.
+    hypergradient: κ of the step-size law :func:`ae_jax.laws.hypergradient`.
     noise: κ_s, κ_u, κ_v, κ_a of AE-4 (``stall``, ``uncertainty``,
       ``instability``, ``quality``).
     filters: the AE-1 filter decays (``loss_mean``, ``trend``, ``variance``,
@@ -112,6 +127,7 @@ class LawGains(NamedTuple):
   noise: dict
   filters: dict
   temperatures: dict
+  hypergradient: Any = CANONICAL_HYPERGRADIENT
 
 
 def default_gains(names: Sequence[str], dtype=None) -> LawGains:
@@ -138,38 +154,45 @@ def default_gains(names: Sequence[str], dtype=None) -> LawGains:
       gauge=arr(CANONICAL_GAUGE_ETA),
       noise={k: arr(v) for k, v in CANONICAL_NOISE.items()},
       filters={f: arr(getattr(defaults, f)) for f in FILTER_DECAYS},
-      temperatures={k: arr(v) for k, v in CANONICAL_TEMPERATURES.items()})
+      temperatures={k: arr(v) for k, v in CANONICAL_TEMPERATURES.items()},
+      hypergradient=arr(CANONICAL_HYPERGRADIENT))
 
 
 def filter_config(gains: LawGains | None) -> measurement.FilterConfig:
-  """The :class:`ae_jax.measurement.FilterConfig` with ``gains``' decays."""
-  if gains is None:
-    return measurement.FilterConfig()
-  return measurement.FilterConfig(**gains.filters)
+  """The presets' :class:`ae_jax.measurement.FilterConfig`: ``gains``'
+  decays and the relative gradient clip :data:`GRAD_CLIP`."""
+  decays = {} if gains is None else gains.filters
+  return measurement.FilterConfig(grad_clip=GRAD_CLIP, **decays)
 
 
 def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
-                   noise: bool = True, resonance: bool = True,
-                   budget: bool = True, gauge: bool = True,
-                   coupling: bool = True, drive: bool = True,
-                   safety: bool = False, safety_forget: float = 1.0,
-                   gauge_warmup: int = 50,
+                   hypergradient: bool = True, noise: bool = True,
+                   budget: bool = True, resonance: bool = False,
+                   gauge: bool = False, coupling: bool = False,
+                   drive: bool | None = None, safety: bool = False,
+                   safety_forget: float = 1.0, gauge_warmup: int = 50,
                    gains: Mapping[str, laws.DriveGains] | LawGains | None = None,
                    eta: Mapping[str, float] | None = None,
                    smooth=False) -> optax.GradientTransformationExtraArgs:
   """The canonical law chain for the coefficients ``names``.
 
-  Every keyword flag removes one law (the knock-outs of experiment 18).
+  By default: the step-size law :func:`ae_jax.laws.hypergradient` (α
+  follows the sign of its own hypergradient), AE-3's evolution, AE-6's trust
+  region, and AE-4 on σ when σ is adapted. Every other law is opt-in: each
+  was measured not to help at the canonical gains (``docs/laws.md``), and
+  each flag adds or removes one (the knock-outs of experiment 18).
 
   Args:
     names: the adapted coefficients.
     step_size: the coefficient that plays α.
+    hypergradient: the step-size law.
     noise: AE-4 on ``sigma`` (only if ``sigma`` is in ``names``).
-    resonance: AE-5.
-    budget: AE-6.
+    budget: AE-6's per-step trust region.
+    resonance: AE-5's clamp (α / 1.25 on a variance spike or oscillation).
     gauge: AE-8.
     coupling: AE-7 (only if α and a momentum-like coefficient are present).
-    drive: AE-2 (without it only gauge, budget and resonance act).
+    drive: AE-2 with :data:`CANONICAL_DRIVE` (the theory's rows); ``None``
+      turns it on exactly when ``gains`` is given.
     safety: AE-10 enforced (:func:`ae_jax.laws.safety`): α falls while the
       filtered loss stays 10% above its best level. Off by default.
     safety_forget: the safety law's ``forget`` (1: its best level is a
@@ -184,6 +207,8 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
       controller: pass ``smooth`` to the preset or :func:`ae_jax.adapt` too.
   """
   names = list(names)
+  if drive is None:
+    drive = gains is not None
   if not isinstance(gains, LawGains):
     full = default_gains(names)._replace(
         drive=dict(CANONICAL_DRIVE, **(gains or {})),
@@ -192,7 +217,8 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
     full = full._replace(
         phase=0.0, gauge=CANONICAL_GAUGE_ETA, noise=dict(CANONICAL_NOISE),
         coupling=[[0.0, CANONICAL_COUPLING], [CANONICAL_COUPLING, 0.0]],
-        temperatures=dict(CANONICAL_TEMPERATURES))
+        temperatures=dict(CANONICAL_TEMPERATURES),
+        hypergradient=CANONICAL_HYPERGRADIENT)
     gains = full
   elif eta is not None:
     raise ValueError("canonical_laws: pass eta inside the LawGains, not as "
@@ -209,15 +235,20 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
     pair = [step_size, momentum_like[0]]
     chain.append(laws.coupling(gains.coupling, pair))
   chain.append(laws.evolve({n: steps[n] for n in names if n in steps}))
+  if hypergradient and step_size in names:
+    chain.append(laws.hypergradient(step_size, gain=gains.hypergradient,
+                                    decay=HYPERGRADIENT_DECAY))
   if gauge and step_size in names:
     chain.append(laws.gauge(step_size, eta=gains.gauge, warmup=gauge_warmup,
                             calibration=1.0))
   if safety and step_size in names:
     chain.append(laws.safety(step_size, forget=safety_forget, smooth=smooth))
   if budget:
+    # The trust region only: a power budget's dual (``bound``) throttled the
+    # hypergradient's climb from a low start.
     chain.append(laws.budget(
         {n: CANONICAL_MAX_STEP[n] for n in names if n in CANONICAL_MAX_STEP},
-        bound=0.02, eta_dual=1.0, smooth=smooth))
+        smooth=smooth))
   if resonance and step_size in names:
     chain.append(laws.resonance(step_size, phase_gain=gains.phase,
                                 smooth=smooth))
@@ -281,10 +312,14 @@ def _relative_bounds(name, value, bounds, low, high):
   return value * low, value * high
 
 
-def _lr_spec(learning_rate, bounds):
-  lo, hi = _relative_bounds("learning_rate", learning_rate, bounds, 1e-3,
-                            1e1)
-  return Coefficient(LEARNING_RATE, learning_rate, lo, hi, None, "log")
+def _lr_spec(learning_rate, bounds, warm_start):
+  lo, hi = _relative_bounds("learning_rate", learning_rate, bounds,
+                            *LEARNING_RATE_RANGE)
+  check_positive("", warm_start=warm_start)
+  init = learning_rate * warm_start
+  if not isinstance(init, jax.core.Tracer):
+    init = min(max(float(init), lo), hi)
+  return Coefficient(LEARNING_RATE, init, lo, hi, learning_rate, "log")
 
 
 def _pinned_at_zero_or_log(name, value, bounds):
@@ -318,6 +353,7 @@ def _finish(inner, specs, laws_chain, *, delayed, seed, gains, smooth,
 
 def ae_sgdm(learning_rate: float = 1e-1, momentum: float = 0.9, *,
             sigma: float = 0.0, learning_rate_bounds=None,
+            warm_start: float = WARM_START,
             momentum_bounds=(0.0, 0.99), sigma_bounds=None,
             laws_chain=None, delayed: bool = False, seed: int = 0,
             gains: LawGains | None = None, smooth=False,
@@ -343,7 +379,9 @@ def ae_sgdm(learning_rate: float = 1e-1, momentum: float = 0.9, *,
       ``lr`` with momentum β corresponds to ``lr / (1 - β)``).
     momentum: initial β (EMA momentum, see :func:`ema_sgd`).
     sigma: initial parameter-noise σ (0: no noise).
-    learning_rate_bounds: Ω for α (default: 1e-3 α₀ to 10 α₀).
+    learning_rate_bounds: Ω for α (default: 1e-6 α₀ to 1e4 α₀).
+    warm_start: α begins at ``warm_start · learning_rate`` and climbs on
+      its hypergradient (1 starts at the given rate).
     momentum_bounds: Ω for β.
     sigma_bounds: Ω for σ when σ > 0 (default: 1e-3 σ₀ to 1e2 σ₀).
     laws_chain: replaces :func:`canonical_laws` (e.g. for a knock-out).
@@ -361,7 +399,7 @@ def ae_sgdm(learning_rate: float = 1e-1, momentum: float = 0.9, *,
   """
   check_positive("", learning_rate=learning_rate)
   inner = injected(ema_sgd, learning_rate=learning_rate, momentum=momentum)
-  specs = [_lr_spec(learning_rate, learning_rate_bounds),
+  specs = [_lr_spec(learning_rate, learning_rate_bounds, warm_start),
            Coefficient("momentum", momentum, *momentum_bounds, 0.9
                        if momentum_bounds[0] <= 0.9 <= momentum_bounds[1]
                        else None, "linear"),
@@ -371,7 +409,7 @@ def ae_sgdm(learning_rate: float = 1e-1, momentum: float = 0.9, *,
 
 
 def _adam_specs(learning_rate, b1, b2, eps, sigma, learning_rate_bounds,
-                sigma_bounds):
+                sigma_bounds, warm_start):
   check_positive("", learning_rate=learning_rate, eps=eps)
   for name, beta in (("b1", b1), ("b2", b2)):
     if not isinstance(beta, jax.core.Tracer) and not 0.0 < float(beta) < 1.0:
@@ -383,7 +421,7 @@ def _adam_specs(learning_rate, b1, b2, eps, sigma, learning_rate_bounds,
     b2_bounds = (min(0.9, b2 - 0.5 * (1 - b2)), max(0.99999, b2 + 0.5 * (1 - b2)))
   eps_bounds = _relative_bounds("eps", eps, None, 1e-2, 1e4)
   return [
-      _lr_spec(learning_rate, learning_rate_bounds),
+      _lr_spec(learning_rate, learning_rate_bounds, warm_start),
       Coefficient("b1", b1, 0.0, 0.999, None, "logit"),
       Coefficient("b2", b2, *b2_bounds, None, "logit"),
       Coefficient("eps", eps, eps_bounds[0], max(eps_bounds[1], 1e-6), None,
@@ -396,7 +434,8 @@ def adamw_coefficients(learning_rate: float = 1e-3, b1: float = 0.9,
                        b2: float = 0.999, eps: float = 1e-8,
                        weight_decay: float = 1e-4, *, sigma: float = 0.0,
                        learning_rate_bounds=None, weight_decay_bounds=None,
-                       sigma_bounds=None) -> list[Coefficient]:
+                       sigma_bounds=None,
+                       warm_start: float = WARM_START) -> list[Coefficient]:
   """The :class:`Coefficient` specs that :func:`ae_adamw` adapts, for the
   same arguments (the order, bounds and parametrisations it uses).
 
@@ -405,7 +444,7 @@ def adamw_coefficients(learning_rate: float = 1e-3, b1: float = 0.9,
   optimizer itself does not expose.
   """
   specs = _adam_specs(learning_rate, b1, b2, eps, sigma,
-                      learning_rate_bounds, sigma_bounds)
+                      learning_rate_bounds, sigma_bounds, warm_start)
   specs.insert(4, _pinned_at_zero_or_log(
       "weight_decay", weight_decay,
       _relative_bounds("weight_decay", weight_decay, weight_decay_bounds,
@@ -415,7 +454,8 @@ def adamw_coefficients(learning_rate: float = 1e-3, b1: float = 0.9,
 
 def ae_adam(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
             eps: float = 1e-8, *, sigma: float = 0.0,
-            learning_rate_bounds=None, sigma_bounds=None, laws_chain=None,
+            learning_rate_bounds=None, warm_start: float = WARM_START,
+            sigma_bounds=None, laws_chain=None,
             delayed: bool = False, seed: int = 0,
             gains: LawGains | None = None, smooth=False,
             ) -> optax.GradientTransformationExtraArgs:
@@ -432,7 +472,9 @@ def ae_adam(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
     b2: initial β2.
     eps: initial ε.
     sigma: initial parameter-noise σ (0: no noise).
-    learning_rate_bounds: Ω for α (default: 1e-3 α₀ to 10 α₀).
+    learning_rate_bounds: Ω for α (default: 1e-6 α₀ to 1e4 α₀).
+    warm_start: α begins at ``warm_start · learning_rate`` and climbs on
+      its hypergradient (1 starts at the given rate).
     sigma_bounds: Ω for σ when σ > 0.
     laws_chain: replaces :func:`canonical_laws`.
     delayed: see :func:`ae_jax.adapt`.
@@ -441,16 +483,17 @@ def ae_adam(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
     smooth: AE-9 smooth mode; see :func:`ae_sgdm`.
   """
   specs = _adam_specs(learning_rate, b1, b2, eps, sigma,
-                      learning_rate_bounds, sigma_bounds)
+                      learning_rate_bounds, sigma_bounds, warm_start)
   inner = injected(optax.adam, learning_rate=learning_rate, b1=b1, b2=b2,
                    eps=eps)
   return _finish(inner, specs, laws_chain, delayed=delayed, seed=seed,
-                 gains=gains, smooth=smooth, gauge=False)
+                 gains=gains, smooth=smooth)
 
 
 def ae_adamw(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
              eps: float = 1e-8, weight_decay: float = 1e-4, *,
              sigma: float = 0.0, learning_rate_bounds=None,
+             warm_start: float = WARM_START,
              weight_decay_bounds=None, sigma_bounds=None, laws_chain=None,
              delayed: bool = False, seed: int = 0,
              gains: LawGains | None = None, smooth=False,
@@ -465,7 +508,9 @@ def ae_adamw(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
     weight_decay: initial λ (decoupled, as in ``optax.adamw``); 0 keeps it
       at 0.
     sigma: initial parameter-noise σ (0: no noise).
-    learning_rate_bounds: Ω for α (default: 1e-3 α₀ to 10 α₀).
+    learning_rate_bounds: Ω for α (default: 1e-6 α₀ to 1e4 α₀).
+    warm_start: α begins at ``warm_start · learning_rate`` and climbs on
+      its hypergradient (1 starts at the given rate).
     weight_decay_bounds: Ω for λ (default: 1e-2 λ₀ to 1e2 λ₀).
     sigma_bounds: Ω for σ when σ > 0.
     laws_chain: replaces :func:`canonical_laws`.
@@ -477,8 +522,9 @@ def ae_adamw(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
   specs = adamw_coefficients(
       learning_rate, b1, b2, eps, weight_decay, sigma=sigma,
       learning_rate_bounds=learning_rate_bounds,
-      weight_decay_bounds=weight_decay_bounds, sigma_bounds=sigma_bounds)
+      weight_decay_bounds=weight_decay_bounds, sigma_bounds=sigma_bounds,
+      warm_start=warm_start)
   inner = injected(optax.adamw, learning_rate=learning_rate, b1=b1, b2=b2,
                    eps=eps, weight_decay=weight_decay)
   return _finish(inner, specs, laws_chain, delayed=delayed, seed=seed,
-                 gains=gains, smooth=smooth, gauge=False)
+                 gains=gains, smooth=smooth)
