@@ -20,6 +20,16 @@ leading axes (seeds, ...). Curves are evaluation metrics sampled at
   and below its initial value (the hyper-cliff).
 * :func:`max_abs_dlog`: the largest per-step |Δ log α|.
 * :func:`t_interval`: mean and Student-t 95% half-width over seeds.
+
+Drifting tasks (``Task.switch_every = P``; see ``tasks``):
+
+* :func:`switch_steps`: the switches ``k P`` a curve spans.
+* :func:`time_to_recover`: per switch, the steps until the (smoothed)
+  curve is back within a tolerance of its pre-switch level (capped at ``P``
+  when it never is); :func:`mean_time_to_recover` averages over switches.
+* :func:`regret`: AUC of the curve minus AUC of a reference curve (the
+  best fixed rate in hindsight, :func:`hindsight_best`), normalised by the
+  span.
 """
 
 from __future__ import annotations
@@ -197,3 +207,167 @@ def normalised_ranking(ttt: dict[str, dict[str, float]], budgets: dict,
     for o, v in vals.items():
       per_opt.setdefault(o, []).append(max(v, 1.0) / max(best, 1.0))
   return {o: float(np.median(v)) for o, v in per_opt.items()}
+
+
+# --------------------------------------------------------------------------
+# Drifting tasks (tasks with ``switch_every``): recovery after a switch and
+# regret against a reference.
+
+
+def _sample_phase(steps, switch_every, at_switch):
+  """The phase (``0, 1, ...``, not cycled) each sample belongs to."""
+  steps = np.asarray(steps, float)
+  if at_switch == "new":       # curve[t] belongs to the phase of step t
+    return np.floor(steps / switch_every)
+  if at_switch == "old":       # the value after t steps: phase of t - 1
+    return np.floor(np.maximum(steps - 1, 0) / switch_every)
+  raise ValueError(f"at_switch must be 'new' or 'old', not {at_switch!r}")
+
+
+def switch_steps(steps, switch_every: int, at_switch: str = "new"):
+  """The switches ``k * switch_every`` (``k >= 1``) with at least one
+  sample of the phase before and one of the phase after them in ``steps``
+  (``at_switch`` as in :func:`time_to_recover`)."""
+  phase = _sample_phase(steps, switch_every, at_switch)
+  if phase.size == 0:
+    return np.zeros(0)
+  ks = [k for k in range(1, int(phase.max()) + 1)
+        if (phase == k - 1).any() and (phase == k).any()]
+  return np.asarray(ks, float) * switch_every
+
+
+def time_to_recover(curve, steps, switch_every: int, *,
+                    tolerance: float = 0.1, window: int = 25,
+                    relative: bool = True, higher_is_better: bool = False,
+                    at_switch: str = "new", never: float | None = None,
+                    reference: str = "pre_switch"):
+  """Steps after each switch until the curve is back at its pre-switch level.
+
+  For every switch ``s = k * switch_every`` (those of :func:`switch_steps`):
+
+  * the *pre-switch level* ``L`` is the mean of the old phase's samples
+    that measure its last ``window`` steps (at least its last sample; with
+    ``at_switch="old"`` and evaluations every ``window`` steps or more, the
+    evaluation at the switch itself);
+  * the curve of the new phase is smoothed by a centred moving average over
+    ``window`` steps that uses only samples of the new phase (so the old
+    phase and the next one never leak in);
+  * the recovery time is ``steps[i] - s`` for the first new-phase sample
+    ``i`` whose smoothed value is within the tolerance: ``<= L + tol`` for a
+    loss (``>= L - tol`` with ``higher_is_better``), where ``tol =
+    tolerance * |L|`` if ``relative`` else ``tolerance``; i.e. the number of
+    new-phase steps the optimizer needed;
+  * if no sample of the phase gets there (or ``L`` or the curve is not
+    finite), the value is ``never``: by default ``switch_every``, the cap.
+
+  ``reference="phase_best"`` replaces ``L`` by the best smoothed value of
+  the new phase itself (the time to settle near the phase's own best; it
+  always recovers, even when the new phase is harder than the old one, e.g.
+  ``drift_digits``'s noisy phase, where the pre-switch level cannot be
+  reached).
+
+  ``at_switch`` says to which phase the sample taken *at* a switch step
+  belongs: ``"new"`` for per-step training losses (``loss[t]`` is the loss
+  of step ``t``'s batch, phase ``t // P``; pass ``steps = arange(T)``);
+  ``"old"`` for a task's ``metric_at`` curves at ``Result.eval_steps`` (the
+  evaluation after ``s`` steps measures the phase of step ``s - 1``).
+
+  Args:
+    curve: ``(..., T)`` samples (training loss or evaluation metric).
+    steps: ``(T,)`` the step of each sample.
+    switch_every: the period ``P`` of the drift.
+    tolerance: the allowed distance to the pre-switch level (relative by
+      default: 0.1 = within 10%).
+    window: the smoothing window, in steps (1: no smoothing).
+    relative: the tolerance is a fraction of ``|L|`` (else absolute).
+    higher_is_better: for accuracies.
+    at_switch: ``"new"`` or ``"old"``, above.
+    never: the value of a switch with no recovery (default ``switch_every``).
+    reference: ``"pre_switch"`` (default) or ``"phase_best"``, above.
+
+  Returns:
+    ``(..., K)`` recovery times, one per switch (leading axes kept).
+  """
+  if reference not in ("pre_switch", "phase_best"):
+    raise ValueError("reference must be 'pre_switch' or 'phase_best', not "
+                     f"{reference!r}")
+  curve = np.asarray(curve, float)
+  steps = np.asarray(steps, float)
+  never = float(switch_every if never is None else never)
+  half = window / 2.0
+  switches = switch_steps(steps, switch_every, at_switch)
+  phase = _sample_phase(steps, switch_every, at_switch)
+  measured = steps - (1.0 if at_switch == "old" else 0.0)
+  flat = curve.reshape(-1, curve.shape[-1])
+  out = np.full((flat.shape[0], len(switches)), never)
+  for j, s in enumerate(switches):
+    k = round(s / switch_every)
+    old_idx = np.flatnonzero(phase == k - 1)
+    new_idx = np.flatnonzero(phase == k)
+    recent = old_idx[measured[old_idx] >= s - window]
+    recent = recent if recent.size else old_idx[-1:]
+    # centred moving average within the new phase; nan if a non-finite
+    # sample is in the window
+    near = np.abs(steps[new_idx][:, None] - steps[new_idx][None]) <= half
+    v = flat[:, new_idx]
+    bad = ~np.isfinite(v)
+    sums = np.where(bad, 0.0, v) @ near.T
+    with np.errstate(invalid="ignore", divide="ignore"):
+      smooth = np.where(bad.astype(float) @ near.T > 0, np.nan,
+                        sums / near.sum(axis=1))
+      if reference == "pre_switch":
+        level = flat[:, recent].mean(axis=-1)
+      else:  # the best finite smoothed value of the new phase
+        finite = np.isfinite(smooth)
+        level = np.where(finite, smooth,
+                         -np.inf if higher_is_better else np.inf)
+        level = level.max(-1) if higher_is_better else level.min(-1)
+      tol = tolerance * np.abs(level) if relative else np.full_like(
+          level, tolerance)
+      ok = ((smooth >= (level - tol)[:, None]) if higher_is_better else
+            (smooth <= (level + tol)[:, None]))
+    ok &= np.isfinite(level)[:, None]
+    first = np.argmax(ok, axis=-1)
+    out[:, j] = np.where(ok.any(axis=-1), steps[new_idx][first] - s, never)
+  return out.reshape(curve.shape[:-1] + (len(switches),))
+
+
+def mean_time_to_recover(curve, steps, switch_every: int, **kwargs):
+  """:func:`time_to_recover` averaged over the switches (``(...)``; ``nan``
+  when the run has no switch)."""
+  t = time_to_recover(curve, steps, switch_every, **kwargs)
+  if t.shape[-1] == 0:
+    return np.full(t.shape[:-1], np.nan)
+  return t.mean(axis=-1)
+
+
+def regret(curve, steps, reference_curve, higher_is_better: bool = False):
+  """AUC of ``curve`` minus AUC of ``reference_curve`` (both :func:`auc`:
+  trapezoids over ``steps`` divided by the span), signed so that positive
+  is worse than the reference (``reference - curve`` for
+  ``higher_is_better``). The reference is typically the best fixed learning
+  rate in hindsight (:func:`hindsight_best`); it broadcasts against
+  ``curve``'s leading axes. ``inf`` when ``curve`` has a non-finite point
+  (either direction), ``nan`` when only the reference has one."""
+  curve = np.asarray(curve, float)
+  reference_curve = np.asarray(reference_curve, float)
+  a = auc(curve, steps)
+  b = auc(reference_curve, steps)
+  with np.errstate(invalid="ignore"):
+    diff = b - a if higher_is_better else a - b
+  ok_ref = np.isfinite(reference_curve).all(axis=-1)
+  diff = np.where(ok_ref, diff, np.nan)
+  return np.where(np.isfinite(curve).all(axis=-1), diff, np.inf)
+
+
+def hindsight_best(curves, steps, higher_is_better: bool = False):
+  """The best fixed setting in hindsight: ``curves`` is ``(G, ..., E)``, one
+  curve per grid point (e.g. learning rate) and seed; returns ``(g,
+  curves[g])`` for the grid point ``g`` with the best mean :func:`auc` over
+  the other leading axes (non-finite runs rank last)."""
+  a = auc(curves, steps)
+  score = a.reshape(a.shape[0], -1).mean(axis=-1)
+  score = np.where(np.isfinite(score), score,
+                   -np.inf if higher_is_better else np.inf)
+  g = int(np.argmax(score) if higher_is_better else np.argmin(score))
+  return g, np.asarray(curves, float)[g]
