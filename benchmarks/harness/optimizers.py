@@ -30,6 +30,34 @@ methods, where it is a multiplier). Names:
   (``canonical_laws(..., safety=True)``);
 * tuned: ``<name>@tuned`` is resolved by the runner (learning rate chosen on
   a log grid on seed 0, see :func:`benchmarks.harness.runner.tune`).
+
+**Start knobs** (the starting-rate robustness sweep,
+``benchmarks/robustness.py``): every spec names the one value a user sets to
+start it (``start_name``), its default (``start_default``) and a grid of 7
+starts (``start_grid``); ``spec.at_start(value, steps)`` builds the
+transformation started there (``start_factory``, or ``factory`` when the
+start is the learning rate). The grids:
+
+* Adam family (``adam``, ``adamw`` and its schedules, ``adamw_plateau``,
+  ``schedule_free_adamw``, ``mechanize_adam`` = ``mechanize(adam(lr))``,
+  ``tox_*`` driving adamw's rate, ``ae_adam*``): the (initial) learning rate
+  ``np.logspace(-5, 0, 7)`` = 1e-5 ... 1, i.e. Adam's default 1e-3 times
+  ``logspace(-2, 3, 7)``;
+* every other learning-rate knob: the same relative range around its
+  default, ``default * logspace(-2, 3, 7)``: ``sgdm`` (heavy ball) 1e-4 ... 10;
+  ``ae_sgdm*`` (EMA momentum: α = 0.1 takes the steps of ``sgdm`` at 1e-2)
+  1e-3 ... 100; ``adafactor``/``ae_adafactor`` 1e-4 ... 10;
+* parameter-free peers, their initial estimate, ``default *
+  logspace(-2, 4, 7)``: ``prodigy`` and ``dadapt_adamw`` ``estim_lr0`` (the
+  paper's d0, default 1e-6), ``dog`` the ``reps_rel`` of
+  ``init_step=('heuristic', reps_rel)`` (r_eps = reps_rel (1 + |x0|), default
+  1e-6): all 1e-8 ... 1e-2; ``cocob`` ``alpha`` (default 100): COCOB has no
+  initial-estimate argument, but its first step is ``-sign(g) / alpha`` per
+  coordinate (``max(G + L, alpha L)`` with ``G = L = |g|``), so ``1/alpha``
+  is its initial scale; alpha ``100 * logspace(-2, 4, 7)`` = 1 ... 1e6,
+  listed from 1e6 down to 1 so that, as in every grid, the initial step
+  grows along the grid (1e-6 ... 1; below alpha = 2 the cap is inactive, so
+  alpha = 1 starts like alpha = 2, at 0.5).
 """
 
 from __future__ import annotations
@@ -37,6 +65,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+import numpy as np
 import optax
 from optax import contrib
 
@@ -54,6 +83,26 @@ class OptSpec:
   windowed: dict | None = None
   family: str = ""
   description: str = ""
+  # The start knob (see the module doc): what is swept, its default, the 7
+  # starts, and ``start_factory(start, steps)`` when the start is not the
+  # factory's learning rate (None: ``factory`` itself).
+  start_name: str = "learning rate"
+  start_default: float | None = None
+  start_grid: tuple = ()
+  start_factory: Callable[[Any, int], Any] | None = None
+
+  def at_start(self, start, steps: int):
+    """The transformation started at ``start`` (may be traced for the optax
+    peers; the AE presets refuse a traced start)."""
+    return (self.start_factory or self.factory)(start, steps)
+
+  def start_spec(self) -> "OptSpec":
+    """This spec with ``factory`` taking the start value: ``runner.run(task,
+    spec.start_spec(), seeds, learning_rate=start)`` runs one start."""
+    if self.start_factory is None:
+      return self
+    return dataclasses.replace(self, factory=self.start_factory,
+                               start_factory=None)
 
 
 REGISTRY: dict[str, OptSpec] = {}
@@ -61,7 +110,28 @@ KNOCKOUTS = ("noise", "resonance", "budget", "gauge", "coupling")
 TUNED = "@tuned"
 
 
+# The start grids (see the module doc).
+ADAM_GRID = tuple(float(v) for v in np.logspace(-5, 0, 7))
+LR_DECADES = (-2, 3)         # other learning rates: default x 10^[-2 .. 3]
+ESTIMATE_DECADES = (-2, 4)   # initial estimates: default x 10^[-2 .. 4]
+# spec.family values on Adam's grid (ae_adamw's family is "adamw").
+ADAM_FAMILIES = ("adam", "adamw", "schedule-free", "tensor-optix")
+
+
+def relative_grid(default: float, decades=LR_DECADES) -> tuple:
+  """``default * logspace(decades[0], decades[1], 7)``."""
+  return tuple(float(default * v) for v in np.logspace(*decades, 7))
+
+
 def register(spec: OptSpec) -> OptSpec:
+  if not spec.start_grid:
+    # A learning-rate knob: Adam's absolute grid for the Adam family, the
+    # same relative range around the default for the others.
+    grid = (ADAM_GRID if spec.family in ADAM_FAMILIES
+            else relative_grid(spec.default_lr))
+    spec = dataclasses.replace(spec, start_grid=grid)
+  if spec.start_default is None:
+    spec = dataclasses.replace(spec, start_default=spec.default_lr)
   REGISTRY[spec.name] = spec
   return spec
 
@@ -115,12 +185,41 @@ _peer("adamw_step",
 _peer("sgdm_cosine",
       lambda lr, n: optax.sgd(optax.cosine_decay_schedule(lr, n),
                               momentum=0.9), 1e-2, "sgd")
-_peer("prodigy", lambda lr, n: contrib.prodigy(lr), 1.0, "parameter-free")
+_D0 = 1e-6  # the default initial estimate of prodigy, dadapt_adamw and dog
+
+
+def _estimate(name, default=_D0):
+  return dict(start_name=name, start_default=default,
+              start_grid=relative_grid(default, ESTIMATE_DECADES))
+
+
+_peer("prodigy", lambda lr, n: contrib.prodigy(lr), 1.0, "parameter-free",
+      "contrib.prodigy(lr); start knob estim_lr0 (d0)",
+      start_factory=lambda d0, n: contrib.prodigy(1.0, estim_lr0=d0),
+      **_estimate("estim_lr0 (initial d)", _D0))
 _peer("dadapt_adamw", lambda lr, n: contrib.dadapt_adamw(lr), 1.0,
-      "parameter-free")
+      "parameter-free", "contrib.dadapt_adamw(lr); start knob estim_lr0 (d0)",
+      start_factory=lambda d0, n: contrib.dadapt_adamw(1.0, estim_lr0=d0),
+      **_estimate("estim_lr0 (initial d)", _D0))
+# mechanize's own s_init stays at its default (1e-6): the start knob is the
+# base Adam's rate, as for the rest of the Adam family.
 _peer("mechanize_adam", lambda lr, n: contrib.mechanize(optax.adam(lr)), 1.0,
-      "parameter-free", "contrib.mechanize(optax.adam(lr)), base lr 1")
-_peer("dog", lambda lr, n: contrib.dog(lr), 1.0, "parameter-free")
+      "parameter-free", "contrib.mechanize(optax.adam(lr)), base lr 1; start "
+      "knob the base Adam rate (s_init 1e-6 fixed)", start_grid=ADAM_GRID,
+      start_name="base Adam learning rate (s_init 1e-6)")
+_peer("dog", lambda lr, n: contrib.dog(lr), 1.0, "parameter-free",
+      "contrib.dog(lr); start knob reps_rel of init_step=('heuristic', "
+      "reps_rel)",
+      start_factory=lambda r, n: contrib.dog(1.0, init_step=("heuristic", r)),
+      **_estimate("reps_rel (r_eps = reps_rel (1 + ‖x0‖))", _D0))
+_COCOB_ALPHA = 100.0  # optax's default
+_peer("cocob", lambda lr, n: contrib.cocob(lr), 1.0, "parameter-free",
+      "contrib.cocob(lr) (alpha 100); start knob alpha: the first step is "
+      "-sign(g)/alpha per coordinate",
+      start_factory=lambda a, n: contrib.cocob(1.0, alpha=a),
+      start_name="alpha (first step 1/alpha)", start_default=_COCOB_ALPHA,
+      # descending alpha: ascending initial step, like every other grid
+      start_grid=relative_grid(_COCOB_ALPHA, ESTIMATE_DECADES)[::-1])
 _peer("schedule_free_adamw",
       lambda lr, n: contrib.schedule_free_adamw(lr), 0.0025, "schedule-free",
       "evaluated at schedule_free_eval_params",
@@ -134,7 +233,9 @@ _peer("adamw_plateau",
       "adamw + reduce_on_plateau(factor 0.5, patience 5, loss averaged over "
       "1% of the budget)", needs_value=True)
 
-# tensor-optix's online optimisers drive inject_hyperparams(adamw)'s rate.
+# tensor-optix's online optimisers drive inject_hyperparams(adamw)'s rate,
+# searched in log space within (1e-6, 1): every start of the Adam grid lies
+# inside (they were (1e-5, 1e-1) before the robustness sweep).
 _TOX_WINDOW = 50
 for _kind in ("spsa", "adaptive"):
   _peer(f"tox_{_kind}",
@@ -143,7 +244,7 @@ for _kind in ("spsa", "adaptive"):
         f"tensor-optix {_kind} suggests adamw's lr every {_TOX_WINDOW} "
         "steps from log(L_prev/L) on a held-out batch",
         windowed={"kind": _kind, "window": _TOX_WINDOW,
-                  "bounds": (1e-5, 1e-1)})
+                  "bounds": (1e-6, 1.0)})
 
 
 # ---- AE presets and knock-outs --------------------------------------------
@@ -185,7 +286,8 @@ def _ae(name, preset, lr, extra=None, knock=None, add=None):
     description += f", optional {add} law on"
   register(OptSpec(name, factory, lr, needs_value=True, is_ae=True,
                    family=preset.replace("ae_", ""),
-                   description=description))
+                   description=description,
+                   start_name="initial learning rate (α0)"))
 
 
 for _p in _PRESET:
@@ -220,7 +322,8 @@ def _ae_adafactor(lr, steps):
 register(OptSpec("ae_adafactor", _ae_adafactor, 1e-2, needs_value=True,
                  is_ae=True, family="adafactor",
                  description="ae.adapt(injected(adafactor), [lr], "
-                             "canonical_laws(['learning_rate'], gauge=False))"))
+                             "canonical_laws(['learning_rate'], gauge=False))",
+                 start_name="initial learning rate (α0)"))
 
 
 def tox_available() -> str | None:

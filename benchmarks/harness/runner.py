@@ -24,6 +24,16 @@ recompilation, moments kept). Each seed's optimizer draws from its own
 saved ``numpy``/``random`` state, seeded with the seed, so results do not
 depend on how many seeds run together.
 
+``eval_loss=True`` also records ``task.eval_loss`` (the held-out loss) at
+every evaluation step, in ``Result.held_out_loss``.
+
+**Start grids** (the robustness sweep): :func:`run_grid` trains one
+optimizer from several starts (``spec.start_grid``) x several seeds. Where
+the start may be traced (the optax peers: learning rates, ``estim_lr0``,
+``alpha``) it is one jitted run vmapped over starts x seeds; where it may
+not (the AE presets refuse a traced rate; the windowed peers) it falls back,
+automatically, to one :func:`run` per start.
+
 **Tuned** optimizers (``name@tuned``): :func:`tune` picks the learning rate
 on a log grid on seed 0 (best final metric; diverged runs rank last) and
 :func:`run` evaluates it on the requested seeds (the DeepOBS protocol; keep
@@ -69,6 +79,7 @@ class Result:
   wall_s: float = math.nan
   note: str = ""
   tuning: dict | None = None
+  held_out_loss: np.ndarray | None = None  # (S, E), with run(eval_loss=True)
 
   def summary(self, task: Task) -> dict[str, np.ndarray]:
     """Per-seed metrics (arrays over seeds)."""
@@ -88,17 +99,32 @@ class Result:
     return out
 
 
+def _held_out(task: Task, params, step):
+  """``task.eval_loss`` (of the current drift phase, where the task has one)."""
+  if task.eval_loss_at is None:
+    return task.eval_loss(params)
+  return task.eval_loss_at(params, step)
+
+
 def _round_steps(steps: int, every: int) -> int:
   return max(every, (steps // every) * every)
 
 
-def _builders(task: Task, spec: O.OptSpec, tx, every: int, delay: int):
+def _builders(task: Task, spec: O.OptSpec, tx, every: int, delay: int,
+              eval_loss: bool = False):
   """``init_one(seed) -> carry`` and ``chunk(carry, i) -> carry, (recs,
-  metric)`` for one seed; shared by the scanned and the windowed runner."""
+  metric)`` for one seed; shared by the scanned and the windowed runner.
+  With ``eval_loss`` the metric is the pair ``(task.metric,
+  task.eval_loss)``."""
 
-  def evaluate(params, state):
+  def evaluate(params, state, step=0):
+    # Drift tasks measure the phase the parameters were last trained on.
     p = spec.eval_params(state, params) if spec.eval_params else params
-    return task.metric(p)
+    metric = (task.metric(p) if task.metric_at is None
+              else task.metric_at(p, step))
+    if eval_loss:
+      return metric, _held_out(task, p, step)
+    return metric
 
   def init_one(seed):
     k_init, k_data = jax.random.split(jax.random.PRNGKey(seed))
@@ -133,7 +159,7 @@ def _builders(task: Task, spec: O.OptSpec, tx, every: int, delay: int):
 
   def chunk(carry, i):
     carry, recs = jax.lax.scan(step, carry, i * every + jnp.arange(every))
-    return carry, (recs, evaluate(carry[0], carry[1]))
+    return carry, (recs, evaluate(carry[0], carry[1], (i + 1) * every))
 
   return init_one, chunk, evaluate
 
@@ -145,9 +171,17 @@ def _split_records(recs, n_seeds):
   return flat["loss"], signals, coefs
 
 
+def _metric_pair(ms, eval_loss):
+  """``(metric, held_out_loss or None)`` as float arrays."""
+  if eval_loss:
+    return np.asarray(ms[0], float), np.asarray(ms[1], float)
+  return np.asarray(ms, float), None
+
+
 def run(task: Task, optimizer: str | O.OptSpec, seeds: Sequence[int],
         steps: int | None = None, learning_rate: float | None = None,
-        delay: int = 0, tune_grid: Sequence[float] | None = None) -> Result:
+        delay: int = 0, tune_grid: Sequence[float] | None = None,
+        eval_loss: bool = False) -> Result:
   """Trains ``optimizer`` on ``task`` for every seed; see the module doc.
 
   Args:
@@ -161,6 +195,8 @@ def run(task: Task, optimizer: str | O.OptSpec, seeds: Sequence[int],
       ``default_lr``, or the tuned one for ``name@tuned``.
     delay: stale gradients by this many steps.
     tune_grid: the grid of :func:`tune` for ``name@tuned``.
+    eval_loss: also record ``task.eval_loss`` at every evaluation step
+      (``Result.held_out_loss``).
   """
   spec = O.get(optimizer) if isinstance(optimizer, str) else optimizer
   every = task.eval_every
@@ -172,24 +208,27 @@ def run(task: Task, optimizer: str | O.OptSpec, seeds: Sequence[int],
   lr = spec.default_lr if learning_rate is None else float(learning_rate)
   seeds_arr = np.asarray(list(seeds), np.int32)
   if spec.windowed:
-    return _run_windowed(task, spec, lr, seeds_arr, steps, delay, tuning)
+    return _run_windowed(task, spec, lr, seeds_arr, steps, delay, tuning,
+                         eval_loss)
   tx = spec.factory(lr, steps)
-  init_one, chunk, evaluate = _builders(task, spec, tx, every, delay)
+  init_one, chunk, evaluate = _builders(task, spec, tx, every, delay,
+                                        eval_loss)
 
   def one(seed):
     carry = init_one(seed)
     m0 = evaluate(carry[0], carry[1])
     _, (recs, ms) = jax.lax.scan(chunk, carry, jnp.arange(steps // every))
-    return recs, jnp.concatenate([m0[None], ms])
+    return recs, jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]),
+                              m0, ms)
 
   start = time.perf_counter()
   recs, ms = jax.jit(jax.vmap(one))(jnp.asarray(seeds_arr))
-  ms = np.asarray(jax.block_until_ready(ms), float)
+  ms, held = _metric_pair(jax.block_until_ready(ms), eval_loss)
   wall = time.perf_counter() - start
   loss, signals, coefs = _split_records(recs, len(seeds_arr))
   return Result(task.name, spec.name, lr, seeds_arr, steps, loss,
                 np.arange(0, steps + 1, every), ms, signals, coefs, wall,
-                tuning=tuning)
+                tuning=tuning, held_out_loss=held)
 
 
 def _tox_optimizer(kind: str, bounds):
@@ -199,7 +238,8 @@ def _tox_optimizer(kind: str, bounds):
              log_params=["learning_rate"])
 
 
-def _run_windowed(task, spec, lr, seeds, steps, delay, tuning) -> Result:
+def _run_windowed(task, spec, lr, seeds, steps, delay, tuning,
+                  eval_loss=False) -> Result:
   why = O.tox_available()
   if why is not None:
     raise RuntimeError(f"{spec.name}: {why}; install the optional "
@@ -211,19 +251,21 @@ def _run_windowed(task, spec, lr, seeds, steps, delay, tuning) -> Result:
   window = chunks_per_window * every
   steps = max(window, (steps // window) * window)
   tx = spec.factory(lr, steps)
-  init_one, chunk, evaluate = _builders(task, spec, tx, every, delay)
+  init_one, chunk, evaluate = _builders(task, spec, tx, every, delay,
+                                        eval_loss)
 
   @jax.jit
   @jax.vmap
   def start(seed):
     carry = init_one(seed)
-    return carry, evaluate(carry[0], carry[1]), task.eval_loss(carry[0])
+    return carry, evaluate(carry[0], carry[1]), _held_out(task, carry[0], 0)
 
   @jax.jit
   @jax.vmap
   def advance(carry, i0):
     carry, out = jax.lax.scan(chunk, carry, i0 + jnp.arange(chunks_per_window))
-    return carry, out, task.eval_loss(carry[0])
+    return carry, out, _held_out(task, carry[0],
+                                 (i0 + chunks_per_window) * every)
 
   # One tensor-optix optimizer per seed, each with its own RNG stream.
   opts, rng_states, hps, hists = [], [], [], []
@@ -238,14 +280,15 @@ def _run_windowed(task, spec, lr, seeds, steps, delay, tuning) -> Result:
   t0 = time.perf_counter()
   carry, m0, prev = start(jnp.asarray(seeds))
   prev = np.asarray(prev, float)
-  all_recs, all_ms = [], [np.asarray(m0, float)[:, None]]
+  all_recs = []
+  all_ms = [jax.tree.map(lambda m: np.asarray(m, float)[:, None], m0)]
   for w in range(steps // window):
     carry, (recs, ms), cur = advance(carry, jnp.full(len(seeds),
                                                      w * chunks_per_window))
     cur = np.asarray(cur, float)
     all_recs.append(jax.tree.map(lambda x: np.asarray(x).reshape(
         len(seeds), -1), recs))
-    all_ms.append(np.asarray(ms, float))
+    all_ms.append(jax.tree.map(lambda m: np.asarray(m, float), ms))
     new_lr = []
     for i in range(len(seeds)):
       with np.errstate(all="ignore"):
@@ -269,11 +312,12 @@ def _run_windowed(task, spec, lr, seeds, steps, delay, tuning) -> Result:
   recs = {k: np.concatenate([r[k] for r in all_recs], axis=1)
           for k in all_recs[0]}
   loss, signals, coefs = _split_records(recs, len(seeds))
+  ms, held = _metric_pair(jax.tree.map(
+      lambda *m: np.concatenate(m, axis=1), *all_ms), eval_loss)
   return Result(task.name, spec.name, lr, seeds, steps, loss,
-                np.arange(0, steps + 1, every),
-                np.concatenate(all_ms, axis=1), signals, coefs, wall,
+                np.arange(0, steps + 1, every), ms, signals, coefs, wall,
                 note=f"windowed: {window} steps per suggestion",
-                tuning=tuning)
+                tuning=tuning, held_out_loss=held)
 
 
 def _rank_key(task: Task, value: float) -> float:
@@ -314,3 +358,91 @@ def tune(task: Task, optimizer: str | O.OptSpec, steps: int | None = None,
   return float(grid[best]), {"grid": [float(g) for g in grid],
                              "final": [float(f) for f in finals],
                              "seed": seed}
+
+
+# ---- start grids (the robustness sweep) -------------------------------------
+
+
+@dataclasses.dataclass
+class GridResult:
+  """One optimizer from several starts x seeds: leading axes (starts,
+  seeds)."""
+
+  task: str
+  optimizer: str
+  starts: np.ndarray            # (K,)
+  seeds: np.ndarray             # (S,)
+  steps: int
+  eval_steps: np.ndarray        # (E,)
+  metric: np.ndarray            # (K, S, E)
+  held_out_loss: np.ndarray     # (K, S, E): task.eval_loss
+  loss: np.ndarray              # (K, S, steps): the training loss
+  wall_s: float
+  mode: str                     # "vmapped" or "loop"
+  note: str = ""
+
+
+def _grid_vmapped(task, spec, starts, seeds, steps):
+  every = task.eval_every
+
+  def one(start, seed):
+    # The transformation is built inside the trace: the start is a tracer.
+    tx = spec.at_start(start, steps)
+    init_one, chunk, evaluate = _builders(task, spec, tx, every, 0, True)
+    carry = init_one(seed)
+    m0 = evaluate(carry[0], carry[1])
+    _, (recs, ms) = jax.lax.scan(chunk, carry, jnp.arange(steps // every))
+    ms = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), m0, ms)
+    return recs["loss"], ms
+
+  grid = jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None))
+  t0 = time.perf_counter()
+  loss, (ms, held) = jax.jit(grid)(jnp.asarray(starts, jnp.float32),
+                                   jnp.asarray(seeds))
+  ms = np.asarray(jax.block_until_ready(ms), float)
+  wall = time.perf_counter() - t0
+  k, s = len(starts), len(seeds)
+  return (ms, np.asarray(held, float),
+          np.asarray(loss, float).reshape(k, s, -1), wall)
+
+
+def run_grid(task: Task, optimizer: str | O.OptSpec, starts: Sequence[float],
+             seeds: Sequence[int], steps: int | None = None,
+             traced: bool | None = None) -> GridResult:
+  """Trains ``optimizer`` from every start of ``starts`` (values of its start
+  knob, ``spec.at_start``) for every seed; see the module doc.
+
+  ``traced=None`` tries one jitted run vmapped over starts x seeds and
+  falls back to one :func:`run` per start if the factory refuses a traced
+  start (the AE presets) or the spec is windowed; ``True`` forces the
+  vmapped path (errors propagate), ``False`` the loop.
+  """
+  spec = O.get(optimizer) if isinstance(optimizer, str) else optimizer
+  every = task.eval_every
+  steps = _round_steps(steps or task.steps, every)
+  starts_arr = np.asarray(list(starts), float)
+  seeds_arr = np.asarray(list(seeds), np.int32)
+  note = ""
+  if traced is not False and not spec.windowed:
+    try:
+      ms, held, loss, wall = _grid_vmapped(task, spec, starts_arr, seeds_arr,
+                                           steps)
+      return GridResult(task.name, spec.name, starts_arr, seeds_arr, steps,
+                        np.arange(0, steps + 1, every), ms, held, loss, wall,
+                        "vmapped")
+    except Exception as e:  # pylint: disable=broad-except
+      if traced:
+        raise
+      note = f"traced start refused ({type(e).__name__}: {str(e)[:120]})"
+  elif spec.windowed:
+    note = "windowed peer: one run per start"
+  one_start = spec.start_spec()
+  results = [run(task, one_start, seeds_arr, steps, learning_rate=float(v),
+                 eval_loss=True) for v in starts_arr]
+  steps = results[0].steps  # a windowed run rounds to whole windows
+  return GridResult(
+      task.name, spec.name, starts_arr, seeds_arr, steps,
+      results[0].eval_steps, np.stack([r.metric for r in results]),
+      np.stack([r.held_out_loss for r in results]),
+      np.stack([r.loss for r in results]),
+      float(sum(r.wall_s for r in results)), "loop", note)

@@ -1,0 +1,180 @@
+"""The starting-rate robustness sweep (benchmarks/robustness.py): figures (a)
+and (b) on hand-made arrays, the registry's start grids, and the grid runner
+(vmapped over starts x seeds equals one run per start; AE falls back)."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from benchmarks import robustness as RB
+from benchmarks.harness import optimizers as O
+from benchmarks.harness import runner as R
+from benchmarks.harness import tasks as T
+
+NAN, INF = math.nan, math.inf
+
+
+@pytest.fixture(scope="module")
+def quad():
+  return T.get("quadratic", steps=20, eval_every=10)
+
+
+# ---- (a) and (b) on hand-made arrays ---------------------------------------
+
+
+def test_cells_reached_and_ratio_by_hand(quad):
+  task = dataclasses.replace(quad, target=1.0)  # lower is better
+  # 3 starts x 3 seeds per method.
+  a = np.array([[0.5, 0.8, 2.0],      # median 0.8: reached
+                [1.5, 2.0, 0.9],      # median 1.5: not reached
+                [NAN, NAN, 0.1]])     # median of (0.1, inf, inf) = inf
+  b = np.array([[1.0, 1.0, 1.0],      # 1.0: reached (<=)
+                [0.4, 0.6, 0.5],      # 0.5: reached
+                [4.0, INF, 2.0]])     # 4.0: not reached
+  zero = np.zeros_like(a)  # the held-out loss is unused: lower is better
+  c = RB.cells(task, {"A": {"final_metric": a, "final_held_out": zero},
+                      "B": {"final_metric": b, "final_held_out": zero}})
+  assert list(c["A"]["reached"]) == [True, False, False]
+  assert list(c["B"]["reached"]) == [True, True, False]
+  np.testing.assert_allclose(c["A"]["median"], [0.8, 1.5, INF])
+  # per start: best 0.8, 0.5, 4.0; A's non-finite cell counts the cap
+  np.testing.assert_allclose(c["A"]["ratio"], [1.0, 3.0, RB.RATIO_CAP])
+  np.testing.assert_allclose(c["B"]["ratio"], [1.25, 1.0, 1.0])
+  s = RB.summarize({"t": c}, ["t"])
+  assert s["A"][:2] == (1, 3) and s["B"][:2] == (2, 3)
+  assert s["A"][2] == pytest.approx((3.0 * 1e4) ** (1 / 3))
+  assert s["B"][2] == pytest.approx(1.25 ** (1 / 3))
+
+
+def test_accuracy_task_uses_held_out_loss(quad):
+  task = dataclasses.replace(quad, target=0.9, higher_is_better=True)
+  acc_a = np.array([[0.95, 0.91, 0.2], [NAN, 0.95, 0.95]])
+  acc_b = np.array([[0.5, 0.5, 0.5], [0.99, 0.99, 0.99]])
+  loss_a = np.array([[0.2, 0.3, 2.0], [NAN, 0.1, 0.1]])
+  loss_b = np.array([[0.6, 0.6, 0.6], [0.05, 0.05, 0.05]])
+  c = RB.cells(task, {"A": {"final_metric": acc_a, "final_held_out": loss_a},
+                      "B": {"final_metric": acc_b, "final_held_out": loss_b}})
+  # accuracy medians 0.91 / 0.95 (nan -> -inf) and 0.5 / 0.99
+  assert list(c["A"]["reached"]) == [True, True]
+  assert list(c["B"]["reached"]) == [False, True]
+  # losses: A 0.3, 0.1 (nan -> +inf, median of 0.1, 0.1, inf); B 0.6, 0.05
+  np.testing.assert_allclose(c["A"]["ratio"], [1.0, 2.0])
+  np.testing.assert_allclose(c["B"]["ratio"], [2.0, 1.0])
+
+
+def test_ratio_cap_floor_and_all_nonfinite_column():
+  r = RB.ratios_to_best(np.array([[1e-20, 1.0, NAN, 1e9],
+                                  [1e-12, 2.0, INF, 1.0]]))
+  np.testing.assert_allclose(r, [[1.0, 1.0, 1.0, RB.RATIO_CAP],
+                                 [1.0, 2.0, 1.0, 1.0]])
+  assert RB.geo_mean([1.0, 100.0]) == pytest.approx(10.0)
+
+
+def test_summary_over_tasks_and_groups(quad):
+  c1 = {"A": {"reached": np.array([True, False]), "ratio": np.array([1., 4.])}}
+  c2 = {"A": {"reached": np.array([True, True]), "ratio": np.array([2., 8.])}}
+  s = RB.summarize({"x": c1, "y": c2}, ["x", "y"])
+  assert s["A"][:2] == (3, 4)
+  assert s["A"][2] == pytest.approx(64 ** 0.25)
+  assert RB.group_of("regression") == "tuning"
+  assert RB.group_of("char_lm") == "held-out"
+  assert RB.group_of("drift_regression") == "held-out"
+
+
+def test_default_tasks_pick_up_drift_tasks():
+  names = RB.default_tasks()
+  assert names[:len(RB.BASE_TASKS)] == list(RB.BASE_TASKS)
+  for n in T.names():
+    if n.startswith("drift_") or n == "resnet_digits":
+      assert n in names
+
+
+def test_write_section_between_markers(tmp_path, monkeypatch):
+  md = tmp_path / "RESULTS.md"
+  md.write_text("# Results\n\nintro\n\n## First\n\nbody\n")
+  monkeypatch.setattr(RB, "RESULTS_MD", md)
+  RB.write_section(f"{RB.BEGIN}\none\n{RB.END}")
+  RB.write_section(f"{RB.BEGIN}\ntwo\n{RB.END}")
+  text = md.read_text()
+  assert text.count(RB.BEGIN) == 1 and "two" in text and "one" not in text
+  assert text.index(RB.END) < text.index("## First")
+
+
+# ---- the registry's start knobs --------------------------------------------
+
+
+def test_every_method_has_seven_ascending_starts():
+  for name in O.names():
+    spec = O.get(name)
+    g = np.asarray(spec.start_grid)
+    assert g.shape == (7,), name
+    assert spec.start_name and spec.start_default > 0, name
+    if name != "cocob":  # cocob's alpha descends (its first step 1/alpha rises)
+      assert np.all(np.diff(g) > 0), name
+
+
+def test_documented_ranges():
+  adam = np.logspace(-5, 0, 7)
+  for name in ("adamw", "adam", "ae_adam", "ae_adamw", "adamw_plateau",
+               "schedule_free_adamw", "mechanize_adam", "tox_spsa",
+               "ae_adamw-no_budget", "adamw_cosine"):
+    np.testing.assert_allclose(O.get(name).start_grid, adam, rtol=1e-12,
+                               err_msg=name)
+  rel = np.logspace(-2, 3, 7)
+  np.testing.assert_allclose(O.get("sgdm").start_grid, 1e-2 * rel)
+  np.testing.assert_allclose(O.get("ae_sgdm").start_grid, 0.1 * rel)
+  np.testing.assert_allclose(np.asarray(O.get("ae_sgdm").start_grid)[[0, -1]],
+                             [1e-3, 100.0])
+  est = np.logspace(-2, 4, 7)
+  for name in ("prodigy", "dadapt_adamw", "dog"):
+    assert O.get(name).start_default == 1e-6
+    np.testing.assert_allclose(O.get(name).start_grid, 1e-6 * est)
+  np.testing.assert_allclose(O.get("cocob").start_grid, (100 * est)[::-1])
+  lo, hi = O.get("tox_spsa").windowed["bounds"]
+  assert lo <= min(adam) and max(adam) <= hi
+  # every default method of the sweep is registered and builds at a start
+  for name in RB.DEFAULT_METHODS:
+    spec = O.get(name)
+    assert spec.at_start(spec.start_grid[3], 10) is not None
+
+
+# ---- the grid runner ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["adamw", "prodigy"])
+def test_grid_vmapped_equals_one_run_per_start(quad, name):
+  spec = O.get(name)
+  starts = spec.start_grid[2:4]
+  g = R.run_grid(quad, spec, starts, [1, 2], traced=True)
+  assert g.mode == "vmapped"
+  assert g.metric.shape == (2, 2, 3) and g.loss.shape == (2, 2, 20)
+  for k, v in enumerate(starts):
+    r = R.run(quad, spec.start_spec(), [1, 2], learning_rate=v,
+              eval_loss=True)
+    np.testing.assert_allclose(g.metric[k], r.metric, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(g.held_out_loss[k], r.held_out_loss,
+                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(g.loss[k], r.loss, rtol=1e-5, atol=1e-7)
+
+
+def test_run_eval_loss_is_additive(quad):
+  plain = R.run(quad, "sgdm", [1])
+  both = R.run(quad, "sgdm", [1], eval_loss=True)
+  assert plain.held_out_loss is None
+  np.testing.assert_array_equal(plain.metric, both.metric)
+  # quadratic: eval_loss is the metric
+  np.testing.assert_allclose(both.held_out_loss, both.metric)
+
+
+def test_ae_preset_falls_back_to_the_loop(quad):
+  spec = O.get("ae_sgdm")
+  starts = spec.start_grid[2:4]
+  g = R.run_grid(quad, spec, starts, [1, 2])
+  assert g.mode == "loop" and "traced" in g.note
+  assert g.metric.shape == (2, 2, 3)
+  assert np.all(np.isfinite(g.metric))
+  r = R.run(quad, spec, [1, 2], learning_rate=starts[1], eval_loss=True)
+  np.testing.assert_allclose(g.metric[1], r.metric, rtol=1e-6)
+  np.testing.assert_allclose(g.held_out_loss[1], r.held_out_loss, rtol=1e-6)
