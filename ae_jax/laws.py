@@ -509,55 +509,76 @@ def gauge(coefficient: str = "learning_rate", *, eta=1e-3, target=None,
 
 
 class HypergradientState(NamedTuple):
-  """State of :func:`hypergradient`: EMAs of ρ and ρ² and their count."""
+  """State of :func:`hypergradient`: EMAs of ρ and ρ², the current gain κ_t
+  and the last normalised hypergradient."""
 
   count: chex.Array
   mean: chex.Array
   square: chex.Array
+  gain: chex.Array
+  last: chex.Array
 
 
-def hypergradient(coefficient: str = "learning_rate", *, gain=0.05,
-                  decay=0.9, square_decay=0.99, filter_mode: str = "debiased",
-                  ) -> optax.GradientTransformationExtraArgs:
+def hypergradient(coefficient: str = "learning_rate", *, gain=0.2,
+                  min_gain=None, grow=1.2, shrink=0.5, decay=0.7,
+                  square_decay=0.99, filter_mode: str = "debiased",
+                  smooth=False) -> optax.GradientTransformationExtraArgs:
   """The step size follows the sign of its own hypergradient (AE-5 phase term).
 
   .. math::
 
-    \Delta\log\alpha_t \mathrel{+}= \kappa\,
-      \frac{\mathrm{LP}_{\beta}(\rho_t)}{\sqrt{\mathrm{LP}_{\beta_2}(\rho_t^2)}},
-    \qquad \rho_t = \cos\angle(g_t, d_{t-1})
+    h_t = \frac{\mathrm{LP}_{\beta}(\rho_t)}{\sqrt{\mathrm{LP}_{\beta_2}(\rho_t^2)}},
+    \qquad \rho_t = \cos\angle(g_t, d_{t-1}),\qquad
+    \Delta\log\alpha_t \mathrel{+}= \kappa_t h_t,
+
+    \kappa_{t+1} = \Pi_{[\kappa_{\min}, \kappa_{\max}]}\big(\kappa_t \cdot
+      (\text{grow if } h_t h_{t-1} > 0 \text{ else shrink})\big)
 
   where :math:`d_{t-1}` is the direction of the step the base applied last
   (the momentum, preconditioned for Adam: ``ae.adapt`` measures ρ there).
   The derivative of the loss with respect to :math:`\log\alpha` is
   :math:`-\alpha_{t-1} g_t^\top d_{t-1}`, so ρ > 0 says the last step was
   too short and ρ < 0 that it overshot. Dividing the filtered ρ by its RMS
-  makes the term scale-free and near ±1 whenever the sign is consistent, so
-  α travels κ per step in log space from any start (a decade in
-  ``log 10 / κ`` steps) and stays put where the sign is noise.
+  makes :math:`h_t` scale-free and near ±1 whenever the sign is consistent.
+  The gain itself adapts like Rprop's step: it grows while the sign of
+  :math:`h` holds (α travels up to κ_max per step in log space, a decade in
+  ``log 10 / κ_max`` steps, from a bad start or after a drift switch) and
+  shrinks when it flips (small steps around the equilibrium, where the sign
+  is noise).
 
   Args:
     coefficient: the step-size coefficient (log-parametrised).
-    gain: κ, the log-step per step at a consistent sign.
+    gain: κ_max, the largest log-step per step, also the initial κ.
+    min_gain: κ_min (default ``gain / 20``).
+    grow: factor of κ when the sign of h holds.
+    shrink: factor of κ when the sign of h flips.
     decay: decay of the EMA of ρ.
     square_decay: decay of the EMA of ρ².
     filter_mode: EMA flavour, see :class:`ae_jax.measurement.FilterConfig`.
+    smooth: AE-9: the sign test becomes ``sigmoid(h_t h_{t-1} / τ)``;
+      ``True`` uses :data:`DEFAULT_TEMPERATURE`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` over the coefficients.
 
   References:
     Baydin et al., `Online Learning Rate Adaptation with Hypergradient
-    Descent <https://arxiv.org/abs/1703.04782>`_, ICLR 2018.
+    Descent <https://arxiv.org/abs/1703.04782>`_, ICLR 2018;
+    Riedmiller and Braun, `A direct adaptive method for faster
+    backpropagation learning: the RPROP algorithm
+    <https://doi.org/10.1109/ICNN.1993.298623>`_, ICNN 1993.
   """
-  check_nonnegative("ae_jax.laws.hypergradient: ", gain=gain)
+  temp = temperature(smooth)
+  check_positive("ae_jax.laws.hypergradient: ", gain=gain, grow=grow,
+                 shrink=shrink, min_gain=min_gain)
 
   def init_fn(params):
     _check_names("hypergradient", [coefficient], params)
     dtype = params[coefficient].dtype
-    return HypergradientState(count=jnp.zeros([], jnp.int32),
-                              mean=jnp.zeros([], dtype),
-                              square=jnp.zeros([], dtype))
+    zero = lambda: jnp.zeros([], dtype)
+    return HypergradientState(count=jnp.zeros([], jnp.int32), mean=zero(),
+                              square=zero(),
+                              gain=jnp.asarray(gain, dtype), last=zero())
 
   def update_fn(updates, state, params=None, *, signals, **extra_args):
     del params, extra_args
@@ -567,10 +588,16 @@ def hypergradient(coefficient: str = "learning_rate", *, gain=0.05,
     square, square_hat = measurement.ema(state.square, rho * rho,
                                          square_decay, state.count,
                                          filter_mode)
-    term = gain * mean_hat * jax.lax.rsqrt(square_hat + _TINY)
+    h = mean_hat * jax.lax.rsqrt(square_hat + _TINY)
+    held = gate(h * state.last, temp)
+    factor = shrink + (grow - shrink) * held
+    lo = gain / 20.0 if min_gain is None else min_gain
+    new_gain = jnp.clip(state.gain * factor, lo, gain)
     new_state = HypergradientState(count=optax.safe_increment(state.count),
-                                   mean=mean, square=square)
-    return _add(updates, coefficient, term), new_state
+                                   mean=mean, square=square,
+                                   gain=new_gain.astype(state.gain.dtype),
+                                   last=h)
+    return _add(updates, coefficient, state.gain * h), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

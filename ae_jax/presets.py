@@ -67,8 +67,8 @@ STATS_SAMPLE = 2**16
 # A gradient above this multiple of its running norm is scaled down to it
 # (measurement.FilterConfig.grad_clip).
 GRAD_CLIP = 4.0
-# The step-size law (laws.hypergradient): κ, the log-step per step at a
-# consistent sign of the hypergradient, and the decay of its ρ filter.
+# The step-size law (laws.hypergradient): κ_max, the largest log-step per step
+# (its Rprop-like gain starts there), and the decay of its ρ filter.
 CANONICAL_HYPERGRADIENT = 0.2
 HYPERGRADIENT_DECAY = 0.7
 # Ω of α relative to the given rate α₀, and the warm start: α begins at
@@ -110,7 +110,7 @@ class LawGains(NamedTuple):
     coupling: C of AE-7, a 2×2 array over (α, the momentum-like
       coefficient).
     gauge: η_γ of AE-8.
-    hypergradient: κ of the step-size law :func:`ae_jax.laws.hypergradient`.
+    hypergradient: κ_max of the step-size law :func:`ae_jax.laws.hypergradient`.
     noise: κ_s, κ_u, κ_v, κ_a of AE-4 (``stall``, ``uncertainty``,
       ``instability``, ``quality``).
     filters: the AE-1 filter decays (``loss_mean``, ``trend``, ``variance``,
