@@ -167,7 +167,7 @@ def filter_config(gains: LawGains | None) -> measurement.FilterConfig:
 
 def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
                    hypergradient: bool = True, noise: bool = True,
-                   budget: bool = True, resonance: bool = False,
+                   budget: bool = False, resonance: bool = False,
                    gauge: bool = False, coupling: bool = False,
                    drive: bool | None = None, safety: bool = False,
                    safety_forget: float = 1.0, gauge_warmup: int = 50,
@@ -176,18 +176,20 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
                    smooth=False) -> optax.GradientTransformationExtraArgs:
   """The canonical law chain for the coefficients ``names``.
 
-  By default: the step-size law :func:`ae_jax.laws.hypergradient` (α
-  follows the sign of its own hypergradient), AE-3's evolution, AE-6's trust
-  region, and AE-4 on σ when σ is adapted. Every other law is opt-in: each
-  was measured not to help at the canonical gains (``docs/laws.md``), and
-  each flag adds or removes one (the knock-outs of experiment 18).
+  By default: AE-3's evolution, the step-size law
+  :func:`ae_jax.laws.hypergradient` (α follows the sign of its own
+  hypergradient) and AE-4 on σ when σ is adapted. Every other law is
+  opt-in: each was measured not to help at the canonical gains, or is inert
+  under them (AE-6's trust region: the step-size law never exceeds it;
+  ``docs/laws.md``), and each flag adds or removes one (the knock-outs and
+  knock-ins of experiment 18).
 
   Args:
     names: the adapted coefficients.
     step_size: the coefficient that plays α.
     hypergradient: the step-size law.
     noise: AE-4 on ``sigma`` (only if ``sigma`` is in ``names``).
-    budget: AE-6's per-step trust region.
+    budget: AE-6's per-step trust region (:data:`CANONICAL_MAX_STEP`).
     resonance: AE-5's clamp (α / 1.25 on a variance spike or oscillation).
     gauge: AE-8.
     coupling: AE-7 (only if α and a momentum-like coefficient are present).

@@ -15,11 +15,12 @@
 # # Harness: resonance and law knock-outs (experiments 7, 8, 18, small)
 #
 # * **Stale gradients** (experiment 7): on a quadratic bowl, gradients taken
-#   k steps late make momentum methods oscillate; the resonance law AE-5
-#   should shrink α when |ρ| rises.
-# * **Knock-outs** (experiment 18): every law of the canonical chain can be
-#   removed (`canonical_laws(..., resonance=False)`); the registry names them
-#   `ae_sgdm-no_resonance`, `ae_sgdm-no_budget`, ...
+#   k steps late make momentum methods oscillate; the opt-in resonance law
+#   AE-5 should shrink α when ρ turns negative.
+# * **Knock-outs and knock-ins** (experiment 18): every law of the canonical
+#   chain can be removed (`canonical_laws(..., hypergradient=False)`) and
+#   every opt-in law added (`canonical_laws(..., gauge=True)`); the registry
+#   names them `ae_sgdm-no_hypergradient`, `ae_sgdm+gauge`, ...
 
 # %%
 import pathlib
@@ -38,7 +39,7 @@ from benchmarks.harness import metrics, runner, tasks
 
 task = tasks.get("quadratic", steps=300)
 fig, ax = plt.subplots(figsize=(6, 3.5))
-for name in ("sgdm", "ae_sgdm", "ae_sgdm-no_resonance"):
+for name in ("sgdm", "ae_sgdm", "ae_sgdm+resonance"):
   res = runner.run(task, name, seeds=[1, 2], learning_rate=0.5, delay=4)
   s = res.summary(task)
   print(f"{name:22s} final f {np.round(s['final'], 4)}  oscillation "
@@ -51,7 +52,7 @@ plt.show()
 
 # %%
 reg = tasks.get("regression", steps=300)
-for name in ("ae_sgdm", "ae_sgdm-no_budget", "ae_sgdm-no_gauge"):
+for name in ("ae_sgdm", "ae_sgdm-no_hypergradient", "ae_sgdm+gauge"):
   res = runner.run(reg, name, seeds=[1, 2])
   s = res.summary(reg)
   print(f"{name:20s} final {metrics.fmt_ci(s['final'])}  var log γ "

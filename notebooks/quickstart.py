@@ -91,14 +91,16 @@ axes[3].set_title("signals"); axes[3].legend()
 fig.tight_layout()
 
 # %% [markdown]
-# Knock out a law by rebuilding the chain without it, e.g. the resonance
-# clamp: `ae.ae_adamw(laws_chain=ae.canonical_laws(names, resonance=False,
-# gauge=False))` with `names = list(ae.coefficients(ae_state))` (the Adam
-# presets run without the gauge, see docs/laws.md).
+# Knock out a law by rebuilding the chain without it, e.g. the step-size
+# law: `ae.ae_adamw(laws_chain=ae.canonical_laws(names,
+# hypergradient=False))` with `names = list(ae.coefficients(ae_state))`;
+# α then stays at its warm start (1e-3 of the given rate). Opt-in laws are
+# added the same way (`resonance=True`, `gauge=True`, ..., docs/laws.md).
 
 # %%
 names = list(ae.coefficients(ae_state))
-no_resonance = ae.ae_adamw(1e-3, laws_chain=ae.canonical_laws(
-    names, resonance=False, gauge=False))
-_, _, ko_logs = train(no_resonance, params0)
-print("without AE-5: final loss %.4f" % ko_logs["loss"][-50:].mean())
+no_step_law = ae.ae_adamw(1e-3, laws_chain=ae.canonical_laws(
+    names, hypergradient=False))
+_, _, ko_logs = train(no_step_law, params0)
+print("without the step-size law: final loss %.4f"
+      % ko_logs["loss"][-50:].mean())

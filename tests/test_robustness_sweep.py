@@ -119,7 +119,7 @@ def test_documented_ranges():
   adam = np.logspace(-5, 0, 7)
   for name in ("adamw", "adam", "ae_adam", "ae_adamw", "adamw_plateau",
                "schedule_free_adamw", "mechanize_adam", "tox_spsa",
-               "ae_adamw-no_budget", "adamw_cosine"):
+               "ae_adamw-no_hypergradient", "adamw_cosine"):
     np.testing.assert_allclose(O.get(name).start_grid, adam, rtol=1e-12,
                                err_msg=name)
   rel = np.logspace(-2, 3, 7)

@@ -22,12 +22,12 @@ methods, where it is a multiplier). Names:
   ``tox_spsa``, ``tox_adaptive`` (tensor-optix, when installed);
 * AE: ``ae_sgdm``, ``ae_adam``, ``ae_adamw``, ``ae_adafactor``;
   ``ae_sgdm_noise`` (σ₀ = 1e-3, so the noise law has something to drive);
-* knock-outs: ``<preset>-no_<law>`` for law in noise, resonance, budget,
-  gauge, coupling (the preset's own ``laws_chain=canonical_laws(...,
-  law=False)``; ``ae_adam*`` already run without the gauge, so their
-  ``-no_gauge`` equals the preset and is not registered);
-* ``<preset>+safety``: the preset with the optional AE-10 safety law
-  (``canonical_laws(..., safety=True)``);
+* knock-outs of the canonical laws: ``<preset>-no_<law>`` for law in
+  hypergradient, noise (the preset's own ``laws_chain=canonical_laws(...,
+  law=False)``);
+* knock-ins of the opt-in laws: ``<preset>+<law>`` for law in resonance,
+  gauge, coupling, drive (the theory's rows for every coefficient), budget,
+  safety (``canonical_laws(..., law=True)``);
 * tuned: ``<name>@tuned`` is resolved by the runner (learning rate chosen on
   a log grid on seed 0, see :func:`benchmarks.harness.runner.tune`).
 
@@ -106,7 +106,10 @@ class OptSpec:
 
 
 REGISTRY: dict[str, OptSpec] = {}
-KNOCKOUTS = ("noise", "resonance", "budget", "gauge", "coupling")
+# Laws of the canonical chain (knocked out: ``-no_<law>``) and opt-in laws
+# (knocked in: ``+<law>``); ``ae.canonical_laws`` flags.
+KNOCKOUTS = ("hypergradient", "noise")
+ADD_ONS = ("resonance", "gauge", "coupling", "drive", "budget", "safety")
 TUNED = "@tuned"
 
 
@@ -259,8 +262,7 @@ _PRESET = {"ae_sgdm": ae.ae_sgdm, "ae_adam": ae.ae_adam,
            "ae_adamw": ae.ae_adamw}
 # ae_sgdm at 0.1 (EMA momentum) takes the steps of sgdm at 1e-2 (heavy ball).
 _DEFAULT_LR = {"ae_sgdm": 1e-1, "ae_adam": 1e-3, "ae_adamw": 1e-3}
-_BASE_FLAGS = {"ae_sgdm": {}, "ae_adam": {"gauge": False},
-               "ae_adamw": {"gauge": False}}
+_BASE_FLAGS = {"ae_sgdm": {}, "ae_adam": {}, "ae_adamw": {}}
 
 
 def _ae(name, preset, lr, extra=None, knock=None, add=None):
@@ -293,11 +295,9 @@ def _ae(name, preset, lr, extra=None, knock=None, add=None):
 for _p in _PRESET:
   _ae(_p, _p, _DEFAULT_LR[_p])
   for _law in KNOCKOUTS:
-    if _law == "gauge" and _BASE_FLAGS[_p].get("gauge") is False:
-      continue
     _ae(f"{_p}-no_{_law}", _p, _DEFAULT_LR[_p], knock=_law)
-  # The optional AE-10 safety law (laws.safety), off in the presets.
-  _ae(f"{_p}+safety", _p, _DEFAULT_LR[_p], add="safety")
+  for _law in ADD_ONS:
+    _ae(f"{_p}+{_law}", _p, _DEFAULT_LR[_p], add=_law)
 # With sigma = 0 (the preset default) the noise law has nothing to act on:
 # the noise knock-out is only meaningful from sigma_0 > 0.
 _ae("ae_sgdm_noise", "ae_sgdm", 1e-1, extra={"sigma": 1e-3})
@@ -313,16 +313,19 @@ def _ae_adafactor(lr, steps):
             "weight_decay_mask")
   inner = optax.inject_hyperparams(optax.adafactor, static_args=static)(
       learning_rate=lr)
-  spec = ae.Coefficient("learning_rate", lr, lr * 1e-3, lr * 10, None, "log")
-  return ae.adapt(inner, [spec],
-                  ae.canonical_laws(["learning_rate"], gauge=False),
-                  brake=ae.Brake(scale={"learning_rate": 0.1}))
+  lo, hi = ae.presets.LEARNING_RATE_RANGE
+  spec = ae.Coefficient("learning_rate", lr * ae.presets.WARM_START, lr * lo,
+                        lr * hi, lr, "log")
+  return ae.adapt(inner, [spec], ae.canonical_laws(["learning_rate"]),
+                  brake=ae.Brake(scale={"learning_rate": 0.1}),
+                  filters=ae.presets.filter_config(None))
 
 
 register(OptSpec("ae_adafactor", _ae_adafactor, 1e-2, needs_value=True,
                  is_ae=True, family="adafactor",
-                 description="ae.adapt(injected(adafactor), [lr], "
-                             "canonical_laws(['learning_rate'], gauge=False))",
+                 description="ae.adapt(inject_hyperparams(adafactor), [lr], "
+                             "canonical_laws(['learning_rate'])), the presets' "
+                             "warm start, Ω and clip",
                  start_name="initial learning rate (α0)"))
 
 

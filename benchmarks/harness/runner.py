@@ -186,7 +186,7 @@ def run(task: Task, optimizer: str | O.OptSpec, seeds: Sequence[int],
 
   Args:
     task: the task.
-    optimizer: a registry name (``adamw``, ``ae_adamw-no_budget``,
+    optimizer: a registry name (``adamw``, ``ae_adamw-no_hypergradient``,
       ``adamw@tuned``, ...) or an :class:`OptSpec`.
     seeds: the run seeds (vmapped).
     steps: step budget (default ``task.steps``), rounded down to a multiple
