@@ -527,7 +527,8 @@ def hypergradient(coefficient: str = "learning_rate", *, gain=0.2,
 
   .. math::
 
-    h_t = \frac{\mathrm{LP}_{\beta}(\rho_t)}{\sqrt{\mathrm{LP}_{\beta_2}(\rho_t^2)}},
+    h_t = \frac{\mathrm{LP}_{\beta}(\rho_t)}{\sqrt{\max(\mathrm{LP}_{\beta_2}(\rho_t^2),
+      \mathrm{LP}_{\beta}(\rho_t)^2)}},
     \qquad \rho_t = \cos\angle(g_t, d_{t-1}),\qquad
     \Delta\log\alpha_t \mathrel{+}= \kappa_t h_t,
 
@@ -588,7 +589,10 @@ def hypergradient(coefficient: str = "learning_rate", *, gain=0.2,
     square, square_hat = measurement.ema(state.square, rho * rho,
                                          square_decay, state.count,
                                          filter_mode)
-    h = mean_hat * jax.lax.rsqrt(square_hat + _TINY)
+    # |h| <= 1: with the faster filter of ρ its mean can outrun the RMS
+    # (a jump of ρ from 0 to 0.5 read h ≈ 3 for a few steps).
+    h = mean_hat * jax.lax.rsqrt(jnp.maximum(square_hat, mean_hat * mean_hat)
+                                 + _TINY)
     held = gate(h * state.last, temp)
     factor = shrink + (grow - shrink) * held
     lo = gain / 20.0 if min_gain is None else min_gain

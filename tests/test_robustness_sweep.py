@@ -168,13 +168,26 @@ def test_run_eval_loss_is_additive(quad):
   np.testing.assert_allclose(both.held_out_loss, both.metric)
 
 
-def test_ae_preset_falls_back_to_the_loop(quad):
-  spec = O.get("ae_sgdm")
+@pytest.mark.parametrize("name", ["ae_sgdm", "ae_adamw"])
+def test_ae_traced_start_equals_the_run_started_there(quad, name):
+  # A traced start runs the preset at its default rate followed by a scale
+  # of start / default (optimizers._ae): the same trajectory as the preset
+  # started at that rate, since Ω, the warm start and the brake are relative
+  # to α0 and the step-size law reads cosines.
+  spec = O.get(name)
+  starts = [spec.start_grid[0], spec.start_grid[-1]]
+  g = R.run_grid(quad, spec, starts, [1, 2], traced=True)
+  assert g.mode == "vmapped"
+  for k, v in enumerate(starts):
+    r = R.run(quad, spec, [1, 2], learning_rate=v, eval_loss=True)
+    np.testing.assert_allclose(g.metric[k], r.metric, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(g.loss[k], r.loss, rtol=1e-4, atol=1e-7)
+
+
+def test_windowed_peer_falls_back_to_the_loop(quad):
+  pytest.importorskip("tensor_optix")
+  spec = O.get("tox_spsa")
   starts = spec.start_grid[2:4]
-  g = R.run_grid(quad, spec, starts, [1, 2])
-  assert g.mode == "loop" and "traced" in g.note
-  assert g.metric.shape == (2, 2, 3)
+  g = R.run_grid(quad, spec, starts, [1])
+  assert g.mode == "loop" and "windowed" in g.note
   assert np.all(np.isfinite(g.metric))
-  r = R.run(quad, spec, [1, 2], learning_rate=starts[1], eval_loss=True)
-  np.testing.assert_allclose(g.metric[1], r.metric, rtol=1e-6)
-  np.testing.assert_allclose(g.held_out_loss[1], r.held_out_loss, rtol=1e-6)

@@ -65,6 +65,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+import jax
 import numpy as np
 import optax
 from optax import contrib
@@ -286,10 +287,21 @@ def _ae(name, preset, lr, extra=None, knock=None, add=None):
     description += f", {knock} law off"
   if add:
     description += f", optional {add} law on"
+  def start_factory(start, steps, factory=factory, unit=lr):
+    # A traced start (the sweep's vmapped grid): the preset at ``unit``
+    # followed by a scale of start / unit. Ω, the warm start and the brake
+    # are relative to α0 and the step-size law and the clip are invariant to
+    # α's scale, so this is the run started at ``start`` (equal to float
+    # tolerance: tests/test_robustness_sweep.py).
+    if not isinstance(start, jax.core.Tracer):
+      return factory(start, steps)
+    return optax.chain(factory(unit, steps), optax.scale(start / unit))
+
   register(OptSpec(name, factory, lr, needs_value=True, is_ae=True,
                    family=preset.replace("ae_", ""),
                    description=description,
-                   start_name="initial learning rate (α0)"))
+                   start_name="initial learning rate (α0)",
+                   start_factory=start_factory))
 
 
 for _p in _PRESET:
