@@ -44,7 +44,10 @@ def test_nnx_optimizer_trains_and_exposes_coefficients():
   optimizer = nnx.Optimizer(model, ae.ae_adamw(1e-2), wrt=nnx.Param)
   x, y = _data()
   initial = ae.coefficients(optimizer.opt_state)
-  assert float(initial["learning_rate"]) == pytest.approx(1e-2, rel=1e-5)
+  # The presets warm-start: α begins at warm_start (1e-3) times the given
+  # rate and climbs on its hypergradient.
+  assert float(initial["learning_rate"]) == pytest.approx(1e-3 * 1e-2,
+                                                          rel=1e-5)
 
   losses = [float(_train_step(model, optimizer, x, y)) for _ in range(50)]
   assert all(np.isfinite(losses))

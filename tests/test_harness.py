@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+import ae_jax as ae
+
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import metrics as M  # noqa: E402
@@ -120,9 +122,14 @@ def test_knockout_changes_the_law_chain():
   import jax.numpy as jnp
   params = {"w": jnp.ones(3)}
   full = O.get("ae_sgdm").factory(1e-2, 10)
-  knocked = O.get("ae_sgdm-no_budget").factory(1e-2, 10)
+  # The registry follows the canonical chain: knock-outs of its default
+  # laws (-no_hypergradient), knock-ins of the opt-in ones (+budget).
+  knocked = O.get("ae_sgdm-no_hypergradient").factory(1e-2, 10)
+  added = O.get("ae_sgdm+budget").factory(1e-2, 10)
   assert (len(full.init(params).controller.laws)
           == len(knocked.init(params).controller.laws) + 1)
+  assert (len(full.init(params).controller.laws) + 1
+          == len(added.init(params).controller.laws))
 
 
 def test_task_registry_and_fixed_data_order():
@@ -201,13 +208,36 @@ def test_run_records_and_same_init_across_optimizers():
                        "var_log_gamma", "max_dlog_lr"}
 
 
+def _ae_adamw_spec(name, **flags):
+  """ae_adamw started at the given rate (warm_start=1.0) with the law chain
+  ``canonical_laws(names, **flags)``."""
+  names = O.AE_NAMES["ae_adamw"]
+
+  def factory(learning_rate, steps):
+    del steps
+    return ae.ae_adamw(learning_rate, warm_start=1.0,
+                       laws_chain=ae.canonical_laws(names, **flags))
+
+  return O.OptSpec(name, factory, 1e-3, needs_value=True, is_ae=True,
+                   family="adamw")
+
+
 def test_safety_law_brings_an_absurd_adam_rate_down():
   """Experiment 13 in miniature: from α = 1 the Adam preset keeps α near 1
   on the regression MLP (its signals are all relative to their own scale);
-  with the optional AE-10 safety law α falls and the test loss is lower."""
+  with the optional AE-10 safety law α falls and the test loss is lower.
+
+  The preset is pinned to the configuration this measures: α starts at the
+  given rate (warm_start=1.0; the default starts at 1e-3 of it) and the
+  chain is the presets' before the self-tuning redesign: drive, coupling,
+  trust region (budget) and resonance, no hypergradient."""
   task = T.get("regression", steps=300)
-  off = R.run(task, "ae_adamw", seeds=[1], learning_rate=1.0)
-  on = R.run(task, "ae_adamw+safety", seeds=[1], learning_rate=1.0)
+  flags = dict(drive=True, resonance=True, coupling=True, budget=True,
+               hypergradient=False)
+  off = R.run(task, _ae_adamw_spec("ae_adamw-drive", **flags), seeds=[1],
+              learning_rate=1.0)
+  on = R.run(task, _ae_adamw_spec("ae_adamw-drive+safety", safety=True,
+                                  **flags), seeds=[1], learning_rate=1.0)
   a_off = off.coefficients["learning_rate"][0]
   a_on = on.coefficients["learning_rate"][0]
   assert a_off[100] > 0.5 and a_on[100] < 0.1 * a_off[100]
@@ -274,4 +304,4 @@ def test_compare_cli_rejects_unknown_names(capsys):
   assert "unknown optimizer" in capsys.readouterr().err
   assert cli.main(["compare", "--task", "nope"]) == 2
   assert cli.main(["compare", "--list"]) == 0
-  assert "ae_adamw-no_budget" in capsys.readouterr().out
+  assert "ae_adamw-no_hypergradient" in capsys.readouterr().out

@@ -172,7 +172,7 @@ def test_measure_two_steps_by_hand():
       s1, dict(loss=2.0, loss_mean=2.0, T=0.0, T_scale=0.0, V=_TINY, R=0.0,
                R_scale=0.0, rho=0.0, S=1.25 + _TINY, V_star=_TINY,
                S_star=1.25 + _TINY, gnorm=math.sqrt(6.0) + _TINY, gamma=0.0,
-               brake=0.0))
+               brake=0.0, clip=1.0))  # grad_clip is off in _CFG: factor 1
 
   # step 2, debiased EMAs with b = 0.5: est2 = (b x1 + x2) / (1 + b).
   b = 0.5
@@ -185,7 +185,7 @@ def test_measure_two_steps_by_hand():
       T_scale=1.0 / (1 + b), V=v2, R=2.0 / (1 + b), R_scale=2.0 / (1 + b),
       rho=1.0, S=s2_expected, V_star=(b * _TINY + v2) / (1 + b),
       S_star=(b * (1.25 + _TINY) + s2_expected) / (1 + b),
-      gnorm=4.0 + _TINY, gamma=0.0, brake=0.0)
+      gnorm=4.0 + _TINY, gamma=0.0, brake=0.0, clip=1.0)
   _assert_signals(s2, expected)
   np.testing.assert_allclose(float(s2.T), -2.0 / 3.0, rtol=1e-6)
   np.testing.assert_allclose(float(s2.V), 2.0 / 27.0, rtol=1e-6)

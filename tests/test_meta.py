@@ -53,8 +53,14 @@ def _quadratic_run(smooth, steps=120, start=0.3):
   def loss(p):
     return 0.5 * jnp.sum(scale * jnp.square(p - target))
 
+  # The resonance clamp and the trust region (budget) are opt-in: switched
+  # on over the default chain (α warm-starts on the floor of Ω, climbs on
+  # the hypergradient, presses on the ceiling and is cut on the variance
+  # spikes of the stiff direction).
+  chain = ae.canonical_laws(["learning_rate", "momentum", "sigma"],
+                            resonance=True, budget=True, smooth=smooth)
   tx = ae.ae_sgdm(start, 0.5, learning_rate_bounds=(1e-3, 0.35),
-                  smooth=smooth)
+                  smooth=smooth, laws_chain=chain)
 
   def step(carry, _):
     p, s = carry
@@ -99,7 +105,11 @@ def test_smooth_brake_blends_and_still_fires_on_nonfinite():
 
 def _meta_problem():
   """A small least-squares problem, ae_sgdm with every law active: σ > 0
-  (AE-4), a reward (W_r, τ_r), W_m ≠ 0 and a short gauge warm-up."""
+  (AE-4), a reward (W_r, τ_r), W_m ≠ 0 and a short gauge warm-up. The
+  resonance clamp (W_m), the gauge (η_γ), the coupling (C) and the trust
+  region (budget) are opt-in and switched on here, so each gain acts; the
+  drive is on with ``gains``, and the hypergradient (κ) is in the default
+  chain."""
   a = jax.random.normal(jax.random.PRNGKey(0), (32, 6))
   b = jax.random.normal(jax.random.PRNGKey(1), (32,))
 
@@ -117,7 +127,8 @@ def _meta_problem():
 
   def meta_loss(gains):
     chain = ae.canonical_laws(NAMES, gains=gains, smooth=True,
-                              gauge_warmup=5)
+                              gauge_warmup=5, resonance=True, gauge=True,
+                              coupling=True, budget=True)
     tx = ae.ae_sgdm(0.05, 0.5, sigma=1e-3, gains=gains, smooth=True,
                     laws_chain=chain)
 

@@ -155,11 +155,26 @@ def test_usage_contract(factory, names):
 
 
 def test_initial_values_are_the_arguments():
-  c = ae.coefficients(ae.ae_adamw(3e-4, b1=0.8, b2=0.99, eps=1e-6,
-                                  weight_decay=1e-3).init(PARAMS))
-  np.testing.assert_allclose(
-      [c["learning_rate"], c["b1"], c["b2"], c["eps"], c["weight_decay"],
-       c["sigma"]], [3e-4, 0.8, 0.99, 1e-6, 1e-3, 0.0], rtol=1e-5)
+  args = dict(b1=0.8, b2=0.99, eps=1e-6, weight_decay=1e-3)
+  order = ["learning_rate", "b1", "b2", "eps", "weight_decay", "sigma"]
+  # By default α warm-starts at warm_start = 1e-3 times the given rate (and
+  # climbs on its hypergradient); every other coefficient is its argument.
+  c = ae.coefficients(ae.ae_adamw(3e-4, **args).init(PARAMS))
+  np.testing.assert_allclose([c[n] for n in order],
+                             [3e-7, 0.8, 0.99, 1e-6, 1e-3, 0.0], rtol=1e-5)
+  # warm_start=1.0 starts exactly at the arguments.
+  c = ae.coefficients(ae.ae_adamw(3e-4, warm_start=1.0, **args).init(PARAMS))
+  np.testing.assert_allclose([c[n] for n in order],
+                             [3e-4, 0.8, 0.99, 1e-6, 1e-3, 0.0], rtol=1e-5)
+  # Ω of α is the given rate times [1e-6, 1e4], its anchor the given rate;
+  # a warm start below an explicit Ω starts on its floor.
+  (lr,) = [s for s in ae.presets.adamw_coefficients(3e-4, **args)
+           if s.name == "learning_rate"]
+  np.testing.assert_allclose([lr.init, lr.lower, lr.upper, lr.anchor],
+                             [3e-7, 3e-10, 3.0, 3e-4], rtol=1e-12)
+  c = ae.coefficients(ae.ae_adamw(3e-4, learning_rate_bounds=(1e-5, 1e-3),
+                                  **args).init(PARAMS))
+  np.testing.assert_allclose(c["learning_rate"], 1e-5, rtol=1e-5)
 
 
 # -- (c) bounds and the canonical laws' behaviour -----------------------------
@@ -187,16 +202,37 @@ def _assert_inside(trajectory, bounds):
     assert values.max() <= hi + 1e-6 * abs(hi), (name, values.max(), hi)
 
 
+ADAMW_NAMES = ["learning_rate", "b1", "b2", "eps", "weight_decay", "sigma"]
+
+
 def test_adamw_coefficients_stay_inside_bounds_on_a_noisy_run():
   loss, theta0 = _lsq_problem()
-  # α starts on its ceiling, where progress pushes it.
-  tx = ae.ae_adamw(5e-2, learning_rate_bounds=(1e-3, 5e-2), eps=1e-8,
-                   weight_decay=1e-4)
-  traj = run(tx, loss, 200, theta0)
-  _assert_inside(traj, {
+  bounds = {
       "learning_rate": (1e-3, 5e-2), "b1": (0.0, 0.999),
       "b2": (0.9, 0.99999), "eps": (1e-10, 1e-4),
-      "weight_decay": (1e-6, 1e-2), "sigma": (0.0, 0.0)})
+      "weight_decay": (1e-6, 1e-2), "sigma": (0.0, 0.0)}
+  # The default: the warm start 5e-2 * 1e-3 lies below Ω, so α starts on
+  # its floor and the hypergradient carries it up; no default law moves the
+  # other coefficients.
+  tx = ae.ae_adamw(5e-2, learning_rate_bounds=(1e-3, 5e-2), eps=1e-8,
+                   weight_decay=1e-4)
+  assert float(ae.coefficients(tx.init(theta0))["learning_rate"]) == (
+      pytest.approx(1e-3, rel=1e-5))
+  traj = run(tx, loss, 200, theta0)
+  _assert_inside(traj, bounds)
+  assert np.ptp(history(traj, "learning_rate")) > 1e-4  # α moved
+  for name, value in [("b1", 0.9), ("b2", 0.999), ("eps", 1e-8),
+                      ("weight_decay", 1e-4)]:
+    np.testing.assert_allclose(history(traj, name), value, rtol=1e-5)
+  assert float(loss(traj.theta[-1], 199)) < float(loss(theta0, 199))
+  # Every opt-in law on (the drive moves β1, β2, ε), α started on its
+  # ceiling (warm_start=1.0), where progress pushes it: all stay in Ω.
+  chain = ae.canonical_laws(ADAMW_NAMES, drive=True, resonance=True,
+                            gauge=True, coupling=True)
+  tx = ae.ae_adamw(5e-2, learning_rate_bounds=(1e-3, 5e-2), eps=1e-8,
+                   weight_decay=1e-4, warm_start=1.0, laws_chain=chain)
+  traj = run(tx, loss, 200, theta0)
+  _assert_inside(traj, bounds)
   assert np.ptp(history(traj, "learning_rate")) > 1e-4  # α moved
   assert np.ptp(history(traj, "b1")) > 1e-4  # the coefficients moved
   assert float(loss(traj.theta[-1], 199)) < float(loss(theta0, 199))
@@ -243,14 +279,39 @@ def _ramp(theta, t):
                                     RAMP_AND_RAVINE[1][0]))
 
 
+ADAM_NAMES = ["learning_rate", "b1", "b2", "eps", "sigma"]
+
+
 def test_b1_tracks_rho():
-  aligned, ravine = run_pair(ae.ae_adam(1e-2), _ramp_or_ravine, 300,
-                             jnp.zeros(4), RAMP_AND_RAVINE)
+  # b1's drive row (0.5 tanh(ρ - ρ*), ρ* = 0.3, + variance and leak) is
+  # opt-in. The hypergradient is off and α starts at the given rate, as the
+  # drive-only presets did: on this unbounded linear loss the hypergradient
+  # (ρ ≈ 1 on the ramp) would climb α to its ceiling, the accelerating loss
+  # would read as V/V* ≈ 4-12, and the variance row, not the phase row
+  # under test, would pull b1 down.
+  chain = ae.canonical_laws(ADAM_NAMES, drive=True, hypergradient=False)
+  aligned, ravine = run_pair(ae.ae_adam(1e-2, warm_start=1.0,
+                                        laws_chain=chain),
+                             _ramp_or_ravine, 300, jnp.zeros(4),
+                             RAMP_AND_RAVINE)
   rho_up = signal_history(aligned, "rho")[1:]
   rho_down = signal_history(ravine, "rho")[20:]
-  assert rho_up.min() > 0.99
-  assert rho_down.max() < -0.3
   b1_up, b1_down = history(aligned, "b1"), history(ravine, "b1")
+  assert rho_up.min() > 0.99
+  # For Adam, ρ is measured against the preconditioned momentum
+  # mu / (sqrt(nu) + eps), the direction Adam applies, not mu. In the ravine
+  # g = (1, ∓10, 0, 0); sqrt(nu) is (1, 10) up to a common factor, so the
+  # direction is d ∝ (1, ±r) with r = (1 - β1) / (1 + β1) (the EMA of the
+  # alternating ±10, divided by 10), and
+  #   ρ = (1 - 10 r) / (sqrt(101) sqrt(1 + r²)):
+  # 0.047 at β1 = 0.9, positive while β1 > 9/11, and always far below
+  # ρ* = 0.3 (it was < -0.3 against mu), so b1's phase row is negative:
+  # 0.5 tanh(ρ - ρ*) < 0.5 tanh(-0.2) while ρ < 0.1.
+  r = (1 - b1_down[:-1]) / (1 + b1_down[:-1])
+  predicted = (1 - 10 * r) / (np.sqrt(101) * np.sqrt(1 + r * r))
+  np.testing.assert_allclose(signal_history(ravine, "rho")[50:],
+                             predicted[49:], rtol=0.02)
+  assert rho_down.min() > 0.0 and rho_down.max() < 0.1
   assert b1_up[-1] > 0.91                    # rose from 0.9
   assert b1_down[-1] < 0.85                  # fell from 0.9
   assert (b1_down[50:] < 0.9).all() and (np.diff(b1_down[50:]) < 0).mean() > 0.9
@@ -258,7 +319,14 @@ def test_b1_tracks_rho():
 
 
 def test_sgdm_momentum_tracks_rho():
-  aligned, ravine = run_pair(ae.ae_sgdm(1e-2, momentum=0.9), _ramp_or_ravine,
+  # The momentum's drive row (0.8 tanh(ρ - ρ*) + variance and leak) is
+  # opt-in; hypergradient off and α at the given rate as in
+  # test_b1_tracks_rho (the climbing α would pull the momentum down on the
+  # ramp through the variance row). ema_sgd keeps no second moment: ρ is
+  # still measured against the momentum.
+  chain = ae.canonical_laws(SGDM_NAMES, drive=True, hypergradient=False)
+  aligned, ravine = run_pair(ae.ae_sgdm(1e-2, momentum=0.9, warm_start=1.0,
+                                        laws_chain=chain), _ramp_or_ravine,
                              100, jnp.zeros(4), RAMP_AND_RAVINE)
   assert signal_history(aligned, "rho")[1:].min() > 0.99
   assert signal_history(ravine, "rho")[20:].max() < -0.5
@@ -288,8 +356,10 @@ def test_b2_rises_when_the_loss_variance_spikes():
     return 0.5 * jnp.sum(jnp.square(theta - 1.0))
 
   # Same gradients in both runs; only the reported loss jolts after `spike`
-  # (the jolt is a constant in θ).
-  calm, noisy = run_pair(ae.ae_adam(1e-2),
+  # (the jolt is a constant in θ). b2's variance row (drive) and the
+  # resonance clamp are opt-in: switched on, over the default chain.
+  chain = ae.canonical_laws(ADAM_NAMES, drive=True, resonance=True)
+  calm, noisy = run_pair(ae.ae_adam(1e-2, laws_chain=chain),
                          lambda theta, t, scale: bowl(theta, t)
                          + jax.lax.stop_gradient(scale * jolt[t]),
                          steps, jnp.zeros(4), jnp.array([0.0, 1.0]))
@@ -310,38 +380,50 @@ def test_b2_rises_when_the_loss_variance_spikes():
 # -- (d) the canonical law knock-outs -----------------------------------------
 
 SGDM_NAMES = ["learning_rate", "momentum", "sigma"]
-KNOCKOUTS = ["noise", "resonance", "budget", "gauge", "coupling", "drive"]
+# Laws of the default chain (noise: σ is adapted), and the opt-in laws.
+DEFAULT_LAWS = ["hypergradient", "noise"]
+OPT_IN_LAWS = ["budget", "resonance", "gauge", "coupling", "drive", "safety"]
 
 
 def test_knockouts_build_chains_that_run():
   loss, theta0 = _lsq_problem(steps=5)
   z = {n: jnp.zeros([]) for n in SGDM_NAMES}
-  assert len(ae.canonical_laws(SGDM_NAMES).init(z)) == 7
+  # noise on σ, evolve, hypergradient
+  assert len(ae.canonical_laws(SGDM_NAMES).init(z)) == 3
   finals = {}
-  for flag in [None] + KNOCKOUTS:
-    kwargs = {} if flag is None else {flag: False}
+  for flag in [None] + DEFAULT_LAWS + OPT_IN_LAWS:
+    kwargs = {} if flag is None else {flag: flag in OPT_IN_LAWS}
     chain = ae.canonical_laws(SGDM_NAMES, **kwargs)
     assert isinstance(chain, optax.GradientTransformationExtraArgs)
-    if flag is not None:
-      assert len(chain.init(z)) == 6, flag     # exactly one law removed
+    if flag in DEFAULT_LAWS:
+      assert len(chain.init(z)) == 2, flag     # exactly one law removed
+    elif flag in OPT_IN_LAWS:
+      assert len(chain.init(z)) == 4, flag     # exactly one law added
     traj = run(ae.ae_sgdm(1e-2, sigma=1e-3, laws_chain=chain), loss, 5,
                theta0)
     for name, values in traj.coefficients.items():
       assert np.isfinite(values).all(), (flag, name)
     assert np.isfinite(traj.theta).all(), flag
     finals[flag] = {k: float(v[-1]) for k, v in traj.coefficients.items()}
-  # Knock-outs of laws that act from the first step change the coefficients
-  # (the gauge waits 50 steps, the clamp needs an oscillation or a spike,
-  # the budget binds only on large steps).
-  for flag in ("noise", "coupling", "drive"):
+  # Laws that act from the first step change the coefficients when knocked
+  # out (noise on σ, the hypergradient on α) or in (the drive; the coupling,
+  # since α warm-starts 1e-3 below its anchor and the centred ζ_α saturates).
+  # The gauge waits 50 steps, the clamp needs an oscillation or a spike, the
+  # trust region (budget) binds only on large steps (|hypergradient| <=
+  # 0.2 < 0.25), the safety law on a loss 10% above its best level.
+  for flag in ("noise", "hypergradient", "coupling", "drive"):
     assert finals[flag] != finals[None], flag
 
 
 def test_knocking_out_every_driver_freezes_alpha():
-  chain = ae.canonical_laws(SGDM_NAMES, drive=False, gauge=False,
-                            resonance=False, coupling=False)
+  # Every law that drives α off: the hypergradient (default) and the opt-in
+  # drive, gauge, resonance, coupling and safety. α starts at the given rate
+  # (warm_start=1.0), inside Ω, so the barrier below is the only force.
+  chain = ae.canonical_laws(SGDM_NAMES, hypergradient=False, drive=False,
+                            gauge=False, resonance=False, coupling=False,
+                            safety=False)
   lo, hi = 1e-5, 1e-1
-  traj = run(ae.ae_sgdm(1e-2, learning_rate_bounds=(lo, hi),
+  traj = run(ae.ae_sgdm(1e-2, learning_rate_bounds=(lo, hi), warm_start=1.0,
                         laws_chain=chain), quad, 30, jnp.zeros(2))
   lr = history(traj, "learning_rate")
   # Only the smooth barrier acts (width w = 1% of the log-interval, at most
@@ -354,19 +436,30 @@ def test_knocking_out_every_driver_freezes_alpha():
   np.testing.assert_allclose(np.diff(np.log(lr)), -0.01 * push, rtol=0.05,
                              atol=1e-9)
   assert np.abs(lr / 1e-2 - 1).max() < 5e-3
-  full = history(run(ae.ae_sgdm(1e-2, learning_rate_bounds=(lo, hi)), quad,
-                     30, jnp.zeros(2)), "learning_rate")
+  # The default chain (the hypergradient) moves α from the same start.
+  full = history(run(ae.ae_sgdm(1e-2, learning_rate_bounds=(lo, hi),
+                                warm_start=1.0), quad, 30, jnp.zeros(2)),
+                 "learning_rate")
   assert np.abs(full / 1e-2 - 1).max() > 2e-2
 
 
 def test_resonance_knockout_shrinks_alpha_less_on_a_too_large_step():
   # α = 0.8 on curvature 3: the stiff direction oscillates and grows
   # (|1 - 0.8 * 3| = 1.4 > 1), ρ ≈ -1.
+  # The clamp is opt-in: both runs start at α = 0.8 (warm_start=1.0) with
+  # the drive on and the hypergradient off (ρ ≈ -1 would cut α by e^-0.2 a
+  # step by itself), and differ only in the resonance law.
   steps = 40
-  full = run(ae.ae_sgdm(0.8, momentum=0.0), quad, steps, jnp.zeros(2))
+  laws = dict(drive=True, hypergradient=False)
+  full = run(
+      ae.ae_sgdm(0.8, momentum=0.0, warm_start=1.0,
+                 laws_chain=ae.canonical_laws(SGDM_NAMES, resonance=True,
+                                              **laws)),
+      quad, steps, jnp.zeros(2))
   knocked = run(
-      ae.ae_sgdm(0.8, momentum=0.0,
-                 laws_chain=ae.canonical_laws(SGDM_NAMES, resonance=False)),
+      ae.ae_sgdm(0.8, momentum=0.0, warm_start=1.0,
+                 laws_chain=ae.canonical_laws(SGDM_NAMES, resonance=False,
+                                              **laws)),
       quad, steps, jnp.zeros(2))
   assert signal_history(knocked, "rho")[2:10].max() < -0.9
   lr_full = history(full, "learning_rate")
@@ -397,11 +490,20 @@ def test_ema_sgd_alpha_is_heavy_ball_rate_over_one_minus_beta():
 
 def test_ae_sgdm_default_starts_like_optax_sgd_default():
   # The default α = 0.1 (EMA momentum 0.9) is optax.sgd(1e-2, momentum=0.9):
-  # the first update is the same before AE has moved anything (delayed: step
-  # 0 runs with the initial coefficients).
-  tx, ref = ae.ae_sgdm(delayed=True), optax.sgd(1e-2, momentum=0.9)
+  # started at the given rate (warm_start=1.0) the first update is the same
+  # before AE has moved anything (delayed: step 0 runs with the initial
+  # coefficients; the gradient clip has no limit before the first gradient).
+  ref = optax.sgd(1e-2, momentum=0.9)
   g = jax.tree.map(lambda p: jnp.full_like(p, 0.7), PARAMS)
-  u, _ = tx.update(g, tx.init(PARAMS), PARAMS, value=1.0)
   u_ref, _ = ref.update(g, ref.init(PARAMS), PARAMS)
+  tx = ae.ae_sgdm(delayed=True, warm_start=1.0)
+  u, _ = tx.update(g, tx.init(PARAMS), PARAMS, value=1.0)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
                u, u_ref)
+  # The default warm-starts α at 1e-3 of the rate: its first step is 1e-3 of
+  # optax.sgd's.
+  tx = ae.ae_sgdm(delayed=True)
+  u, _ = tx.update(g, tx.init(PARAMS), PARAMS, value=1.0)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, 1e-3 * b, rtol=1e-6),
+      u, u_ref)

@@ -30,14 +30,24 @@ def _grads(scale=0.1):
           "b": jnp.full((3,), -scale, jnp.float32)}
 
 
+NAMES = {"ae_sgdm": ["learning_rate", "momentum", "sigma"],
+         "ae_adam": ["learning_rate", "b1", "b2", "eps", "sigma"],
+         "ae_adamw": ["learning_rate", "b1", "b2", "eps", "weight_decay",
+                      "sigma"]}
+
+
 @functools.lru_cache(maxsize=None)
-def _preset(name):
+def _preset(name, hypergradient=True):
   """One optimizer and one jitted update per preset, shared by the tests
   (compiling is most of their cost). Delayed timing: the step that sees a
   bad gradient is applied at the rate set before it, so it can be compared
   with its clean twin; the brake then shows in the next rate (the default
-  timing brakes the same step: test_brake_timing covers both)."""
-  tx = PRESETS[name](delayed=True)
+  timing brakes the same step: test_brake_timing covers both).
+  ``hypergradient=False``: the default chain without the step-size law, so
+  no law moves α and the brake alone sets the next rate."""
+  chain = (None if hypergradient else
+           ae.canonical_laws(NAMES[name], hypergradient=False))
+  tx = PRESETS[name](delayed=True, laws_chain=chain)
   return tx, jax.jit(lambda g, s, p, v: tx.update(g, s, p, value=v))
 
 
@@ -47,24 +57,34 @@ def _preset(name):
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 @pytest.mark.parametrize("bad", [np.inf, -np.inf], ids=["+inf", "-inf"])
 def test_infinite_gradient_entry_is_zeroed_and_brakes(preset, bad):
-  tx, update = _preset(preset)
-  params = _params()
-  state = tx.init(params)
-  _, state = update(_grads(), state, params, 1.0)
-  lr_before = ae.coefficients(state)["learning_rate"]
   # A single ±inf among small entries carries no usable direction: it is
   # read as 0 (not ±1e6, which the un-braked step would apply), and the
-  # brake fires.
+  # brake fires. With the default chain the hypergradient moves α in the
+  # same step (up to 0.2 in log α), exactly as in the clean twin, so the
+  # brake shows as α / 10 against the twin; without the step-size law no
+  # law moves α and the brake shows as α / 10 against the rate before.
   bad_grads = {"w": _grads()["w"].at[0, 1].set(bad), "b": _grads()["b"]}
   zeroed = {"w": _grads()["w"].at[0, 1].set(0.0), "b": _grads()["b"]}
-  updates, new_state = update(bad_grads, state, params, 1.0)
-  ref_updates, _ = update(zeroed, state, params, 1.0)
-  assert _all_finite(updates)
-  assert _all_finite(optax.apply_updates(params, updates))
-  chex.assert_trees_all_close(updates, ref_updates)
-  assert ae.signals(new_state)["brake"] == 1.0
-  chex.assert_trees_all_close(ae.coefficients(new_state)["learning_rate"],
-                              0.1 * lr_before, rtol=0.11)
+  for hypergradient in (True, False):
+    tx, update = _preset(preset, hypergradient)
+    params = _params()
+    state = tx.init(params)
+    _, state = update(_grads(), state, params, 1.0)
+    lr_before = ae.coefficients(state)["learning_rate"]
+    updates, new_state = update(bad_grads, state, params, 1.0)
+    ref_updates, ref_state = update(zeroed, state, params, 1.0)
+    assert _all_finite(updates)
+    assert _all_finite(optax.apply_updates(params, updates))
+    chex.assert_trees_all_close(updates, ref_updates)
+    assert ae.signals(new_state)["brake"] == 1.0
+    assert ae.signals(ref_state)["brake"] == 0.0
+    chex.assert_trees_all_close(
+        ae.coefficients(new_state)["learning_rate"],
+        0.1 * ae.coefficients(ref_state)["learning_rate"], rtol=0.11)
+    if not hypergradient:
+      chex.assert_trees_all_close(
+          ae.coefficients(new_state)["learning_rate"], 0.1 * lr_before,
+          rtol=0.11)
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -128,9 +148,13 @@ def test_nonfinite_loss_brakes(preset, loss):
 @functools.lru_cache(maxsize=None)
 def _plain_sgd_ae(delayed):
   """AE around SGD without momentum, so ``updates == -α g`` exactly."""
+  # Without the step-size law (hypergradient=False): on these repeated
+  # gradients it would raise α by up to 0.2 in log a step and hide the
+  # brake's α / 10 in the rates compared below.
   inner = ae.injected(optax.sgd, learning_rate=0.1)
   tx = ae.adapt(inner, [ae.Coefficient("learning_rate", 0.1, 1e-4, 1.0)],
-                ae.canonical_laws(["learning_rate"]), delayed=delayed)
+                ae.canonical_laws(["learning_rate"], hypergradient=False),
+                delayed=delayed)
   return tx, jax.jit(lambda g, s, p, v: tx.update(g, s, p, value=v))
 
 
@@ -160,7 +184,8 @@ def test_brake_timing(delayed, trigger):
   updates, state = update(grads, state, params, 1.0)
   assert ae.signals(state)["brake"] == 0.0
   rate_next = applied_rate(updates, grads)
-  # Between good steps the laws move log α by at most 0.1 (trust region).
+  # Between good steps no law of this chain drives α (only the barrier,
+  # ~0 inside Ω): the ratios below are the brake's.
   if delayed:
     np.testing.assert_allclose(rate_bad, rate_before, rtol=0.11)
     np.testing.assert_allclose(rate_next, 0.1 * rate_before, rtol=0.23)
@@ -222,29 +247,52 @@ def _all_finite_traced(tree):
 def test_absurd_learning_rate_stays_finite():
   params, loss_fn = _mlp_problem()
   steps = 300
+  read_lr = lambda s: ae.coefficients(s)["learning_rate"]
+  # α starts at the absurd rate itself (warm_start=1.0; the default starts
+  # at 1e-3 of it, see below), inside the Ω the presets had before the
+  # self-tuning redesign, (1e-3, 10) x the rate (now 1e-6 to 1e4).
   final, (losses, finite, lrs) = _train(
-      ae.ae_adam(learning_rate=1.0), params, loss_fn, steps,
-      lambda s: ae.coefficients(s)["learning_rate"])
+      ae.ae_adam(learning_rate=1.0, warm_start=1.0,
+                 learning_rate_bounds=(1e-3, 10.0)),
+      params, loss_fn, steps, read_lr)
   initial = float(losses[0])
-  # Seen (CPU, float32, 2026-11-29): loss 1.67 -> 398 at step 2, final 0.062.
-  # The default laws do NOT bring α down here (α ≈ 1.0-1.3 over the first
-  # 100 steps on six variants of this problem; the failing hyper-cliff
-  # prediction of benchmarks/RESULTS.md), and where α dips later depends on
-  # float rounding, so only what the library guarantees is asserted.
+  # Seen (CPU, float32, 2026-12-02): loss 1.67 -> 508 at step 2, final
+  # 0.043; the hypergradient takes α from 1 to 0.25 by step 50 (before it,
+  # the drive kept α ≈ 1.0-1.3 over the first 100 steps: the failing
+  # hyper-cliff prediction of benchmarks/RESULTS.md). Where α goes later
+  # depends on float rounding, so only what the library guarantees is
+  # asserted.
   assert bool(jnp.all(finite))
   assert float(losses.max()) > 10 * initial  # the start really is absurd
   assert float(final) < initial              # and it ends below the start
   assert float(lrs.max()) <= 10.0 * (1 + 1e-5)  # Ω's ceiling holds
+  # The default warm start (α₀ = 1e-3 x the rate) never takes the absurd
+  # step: seen max loss = the initial loss, final 5e-4.
+  tx = ae.ae_adam(learning_rate=1.0)
+  assert float(ae.coefficients(tx.init(params))["learning_rate"]) == (
+      pytest.approx(1e-3, rel=1e-5))
+  final, (losses, finite, lrs) = _train(tx, params, loss_fn, steps, read_lr)
+  assert bool(jnp.all(finite))
+  assert float(losses.max()) <= initial * (1 + 1e-6)
+  assert float(final) < 0.1 * initial
 
 
 def test_safety_law_drives_an_absurd_rate_down():
   # With the optional AE-10 safety law α falls while the filtered loss sits
   # above its best: seen α(step 50) = 0.085-0.090 on six variants of this
-  # problem (data and init keys 0-5), final loss 0.04 here.
+  # problem (data and init keys 0-5), final loss 0.04 here, with the chain
+  # the presets had before the self-tuning redesign, pinned here: α starts
+  # at the rate (warm_start=1.0), the drive, coupling, trust region (budget)
+  # and resonance laws on and the hypergradient off, so the fall is the
+  # safety law's (seen since: α(step 50) = 0.095, final loss 0.08).
   params, loss_fn = _mlp_problem()
-  names = ["learning_rate", "b1", "b2", "eps", "sigma"]
-  tx = ae.ae_adam(1.0, laws_chain=ae.canonical_laws(names, gauge=False,
-                                                    safety=True))
+  names = NAMES["ae_adam"]
+  tx = ae.ae_adam(1.0, warm_start=1.0,
+                  laws_chain=ae.canonical_laws(names, drive=True,
+                                               coupling=True, budget=True,
+                                               resonance=True,
+                                               hypergradient=False,
+                                               safety=True))
   final, (losses, finite, lrs) = _train(
       tx, params, loss_fn, 300, lambda s: ae.coefficients(s)["learning_rate"])
   initial = float(losses[0])
@@ -456,9 +504,11 @@ def test_noise_magnitude_is_sigma():
   _, _, clean = _noisy_run(0.0, seed=0)
   xi = noisy["w"][0] - clean["w"][0]  # the first step: same α and β
   assert 0.5 * sigma < float(jnp.std(xi)) < 2 * sigma
-  # Without noise the first step is exactly -α (1 - β) g of EMA-SGD.
+  # Without noise the first step is exactly -α (1 - β) g of EMA-SGD, at the
+  # warm start α = 1e-3 x 1e-2.
   g = 2.0 * (0.0 - 1.0)
-  np.testing.assert_allclose(clean["w"][0], -1e-2 * 0.1 * g, rtol=1e-6)
+  np.testing.assert_allclose(clean["w"][0], -1e-3 * 1e-2 * 0.1 * g,
+                             rtol=1e-6)
 
 
 def test_zero_sigma_is_deterministic_and_noiseless():
