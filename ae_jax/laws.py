@@ -593,7 +593,8 @@ def hypergradient(coefficient: str = "learning_rate", *, gain=0.2,
     # (a jump of ρ from 0 to 0.5 read h ≈ 3 for a few steps).
     h = mean_hat * jax.lax.rsqrt(jnp.maximum(square_hat, mean_hat * mean_hat)
                                  + _TINY)
-    held = gate(h * state.last, temp)
+    # No previous h yet (the first step) counts as a held sign.
+    held = jnp.where(state.count == 0, 1.0, gate(h * state.last, temp))
     factor = shrink + (grow - shrink) * held
     lo = gain / 20.0 if min_gain is None else min_gain
     new_gain = jnp.clip(state.gain * factor, lo, gain)

@@ -165,7 +165,8 @@ def to_gains(reparam: Reparam, base: presets.LawGains) -> presets.LawGains:
       noise=jax.tree.map(signed, base.noise, delta.noise),
       filters=jax.tree.map(decay, base.filters, delta.filters),
       temperatures=jax.tree.map(positive, base.temperatures,
-                                delta.temperatures))
+                                delta.temperatures),
+      hypergradient=positive(base.hypergradient, delta.hypergradient))
 
 
 # -- task families ------------------------------------------------------------

@@ -70,7 +70,7 @@ GRAD_CLIP = 4.0
 # The step-size law (laws.hypergradient): κ_max, the largest log-step per step
 # (its Rprop-like gain starts there), and the decay of its ρ filter.
 CANONICAL_HYPERGRADIENT = 0.2
-HYPERGRADIENT_DECAY = 0.7
+HYPERGRADIENT_DECAY = 0.5
 # Ω of α relative to the given rate α₀, and the warm start: α begins at
 # WARM_START · α₀ and climbs on the hypergradient (a decade in ~12 steps).
 LEARNING_RATE_RANGE = (1e-6, 1e4)

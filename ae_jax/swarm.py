@@ -194,8 +194,10 @@ def ae_adamw_family(learning_rate: float = 3e-4, b1: float = 0.9,
                      f"{learning_rate}")
   bounds = tuple(learning_rate_bounds or (1e-3 * learning_rate,
                                           10.0 * learning_rate))
+  # The prior is each member's initial α: no warm start below it.
   specs = tuple(presets.adamw_coefficients(
-      learning_rate, b1, b2, eps, weight_decay, learning_rate_bounds=bounds))
+      learning_rate, b1, b2, eps, weight_decay, learning_rate_bounds=bounds,
+      warm_start=1.0))
   names = [c.name for c in specs]
   base_row = presets.CANONICAL_DRIVE["learning_rate"]
 
@@ -203,11 +205,15 @@ def ae_adamw_family(learning_rate: float = 3e-4, b1: float = 0.9,
     row = base_row._replace(
         progress=base_row.progress * prior["progress"],
         variance=base_row.variance * prior["variance"])
+    # The swarm's diversity is in these drive rows (the theory's AE-AdamW
+    # members); the self-tuning step-size law would pull every member to the
+    # same α, so the family keeps the theory's chain.
     chain = presets.canonical_laws(names, gains={"learning_rate": row},
-                                   gauge=False)
+                                   hypergradient=False, budget=True,
+                                   resonance=True, coupling=True)
     return presets.ae_adamw(prior["learning_rate"], b1, b2, eps,
                             weight_decay, learning_rate_bounds=bounds,
-                            laws_chain=chain)
+                            warm_start=1.0, laws_chain=chain)
 
   return Family(make=make, coefficients=specs)
 
