@@ -32,8 +32,9 @@ first; a cell where every method is non-finite counts 1 for all).
 
 Results are cached per (task, method) in ``benchmarks/results/robustness/
 <profile>/``: a run computes the methods of ``--methods`` afresh (default:
-every default method not yet cached) and merges the cached results of the
-other default methods (``--fresh``: nothing from the cache). It prints the
+every default method not yet cached; ``--fresh``: every default method) and
+merges the cached results of the other default methods (matching seeds,
+steps and starts; ``--no-merge``: none). It prints the
 summary table, writes ``benchmarks/figures/robustness_heatmap.png`` and the
 section of ``benchmarks/RESULTS.md`` between ``<!-- robustness:begin -->``
 and ``<!-- robustness:end -->``.
@@ -469,8 +470,10 @@ def main(argv=None) -> int:
   ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
   ap.add_argument("--profile", choices=sorted(PROFILES), default="quick")
   ap.add_argument("--fresh", action="store_true",
-                  help="ignore the cache (compute everything asked, merge "
-                       "nothing)")
+                  help="recompute every method asked even if cached (the "
+                       "other default methods are still merged)")
+  ap.add_argument("--no-merge", action="store_true",
+                  help="report only the methods asked, no cached others")
   ap.add_argument("--report-only", action="store_true",
                   help="only rebuild the table, figure and RESULTS section "
                        "from the cache")
@@ -485,7 +488,8 @@ def main(argv=None) -> int:
                                   else default_tasks()))
   explicit = args.methods.split(",") if args.methods else []
   methods = list(dict.fromkeys(explicit or DEFAULT_METHODS))
-  merged = [m for m in DEFAULT_METHODS if m not in methods]
+  merged = ([] if args.no_merge else
+            [m for m in DEFAULT_METHODS if m not in methods])
   for m in methods:
     O.get(m)  # unknown names fail before any run
   argv_line = "JAX_PLATFORMS=cpu python -m benchmarks.robustness" + (
@@ -512,9 +516,9 @@ def main(argv=None) -> int:
     for m in methods + merged:
       spec = O.get(m)
       path = cache_path(args.profile, t, m)
-      cached = None if args.fresh else load(path, seeds, steps, spec)
+      cached = load(path, seeds, steps, spec)
       must_run = (m in methods and not args.report_only
-                  and (bool(explicit) or cached is None))
+                  and (bool(explicit) or args.fresh or cached is None))
       if spec.windowed and O.tox_available():
         print(f"   {m}: skipped ({O.tox_available()})")
         continue
@@ -525,7 +529,7 @@ def main(argv=None) -> int:
         print(f"   {m:20s} {d['mode']:7s} {time.perf_counter() - tm:7.1f} s"
               + (f"  [{d['note'][:70]}]" if d["note"] and
                  d["mode"] == "loop" else ""), flush=True)
-      elif cached is not None and (m in methods or not args.fresh):
+      elif cached is not None:
         d = cached
       else:
         continue

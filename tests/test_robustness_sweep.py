@@ -184,6 +184,22 @@ def test_ae_traced_start_equals_the_run_started_there(quad, name):
     np.testing.assert_allclose(g.loss[k], r.loss, rtol=1e-4, atol=1e-7)
 
 
+def test_refused_traced_start_falls_back_to_the_loop(quad):
+  # A factory that needs a concrete start (float() of a tracer raises): the
+  # grid runner falls back to one run per start, with the same results.
+  base = O.get("adamw")
+  spec = dataclasses.replace(
+      base, name="concrete_adamw",
+      start_factory=lambda s, n: base.factory(float(s), n))
+  starts = base.start_grid[2:4]
+  g = R.run_grid(quad, spec, starts, [1, 2])
+  assert g.mode == "loop" and "traced start refused" in g.note
+  ref = R.run_grid(quad, base, starts, [1, 2], traced=True)
+  np.testing.assert_allclose(g.metric, ref.metric, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(g.held_out_loss, ref.held_out_loss, rtol=1e-5,
+                             atol=1e-7)
+
+
 def test_windowed_peer_falls_back_to_the_loop(quad):
   pytest.importorskip("tensor_optix")
   spec = O.get("tox_spsa")
