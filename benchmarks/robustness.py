@@ -50,6 +50,7 @@ import os
 import pathlib
 import platform
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -183,7 +184,19 @@ def summarize(table: dict, task_names) -> dict:
 # ---- running and caching ---------------------------------------------------
 
 
+_COMMIT: list[str] = []
+
+
 def _commit() -> str:
+  """The git commit (``+dirty`` if ae_jax/ or the harness has uncommitted
+  changes) when this process first asked: main() asks at start, before any
+  run, so a record names the code the process imported, not a later HEAD."""
+  if not _COMMIT:
+    _COMMIT.append(_git_commit())
+  return _COMMIT[0]
+
+
+def _git_commit() -> str:
   try:
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                           capture_output=True, text=True,
@@ -364,8 +377,8 @@ def markdown(table, tasks, methods, built, records, groups, seeds, profile,
                   f"{task.target:g}",
         "loss of (b)": ("held-out loss" if task.higher_is_better
                         else task.metric_name),
-        "wall s (this run)": (f"{task_walls[t]:.0f}" if t in task_walls
-                              else "cached")})
+        # compile + run of every method's grid, from the records
+        "wall s": f"{sum(d['wall_s'] for d in records[t].values()):.0f}"})
   prov = {}
   for t in tasks:
     for m, d in records[t].items():
@@ -397,11 +410,13 @@ def markdown(table, tasks, methods, built, records, groups, seeds, profile,
       "`benchmarks/harness/optimizers.py`):",
       report.markdown_table(knob_rows, ("method", "start knob", "default",
                                         "starts")),
-      "Tasks and budgets (targets are the registered ones):",
+      "Tasks and budgets (targets are the registered ones; wall s: the "
+      "summed compile + run time of the methods' grids as recorded, on the "
+      "machines and loads they ran under):",
       report.markdown_table(budget_rows, ("task", "group", "steps",
                                           "registered steps", "metric",
                                           "target", "loss of (b)",
-                                          "wall s (this run)")),
+                                          "wall s")),
       "Provenance of each method's cached results (results of different "
       "code versions may be merged; `vmapped`: one jitted run over starts × "
       "seeds, `loop`: one run per start):",
@@ -479,7 +494,9 @@ def main(argv=None) -> int:
                        "from the cache")
   ap.add_argument("--no-write", action="store_true",
                   help="print only: no figure, no RESULTS.md section")
+  argv = sys.argv[1:] if argv is None else list(argv)
   args = ap.parse_args(argv)
+  _commit()
   seeds = [int(s) for s in args.seeds.split(",")]
   if 0 in seeds:
     print("note: seed 0 is the tuning seed; it is kept out of evaluations "
