@@ -91,15 +91,24 @@ def _moments(state, field: str):
                      == "hyperparams" for k in path)]
 
 
-def _find_momentum_field(state, momentum) -> str | None:
-  if momentum is None:
-    return None
-  candidates = MOMENTUM_FIELDS if momentum == "auto" else (momentum,)
+def _parameter_shaped_field(state, candidates) -> str | None:
+  """The first of ``candidates`` that is a parameter-shaped field of
+  ``state`` (probed on a scalar parameter), or None."""
   for field in candidates:
     for value in _moments(state, field):
       leaves = jax.tree.leaves(value)
       if len(leaves) == 1 and jnp.shape(leaves[0]) == ():
         return field
+  return None
+
+
+def _find_momentum_field(state, momentum) -> str | None:
+  if momentum is None:
+    return None
+  candidates = MOMENTUM_FIELDS if momentum == "auto" else (momentum,)
+  field = _parameter_shaped_field(state, candidates)
+  if field is not None:
+    return field
   if momentum != "auto":
     raise ValueError(f"adapt: momentum={momentum!r} is not a parameter-shaped "
                      f"field of the inner optimizer's state")
@@ -118,12 +127,7 @@ def _read_momentum(inner_state, field: str, grads):
 def _find_second_moment_field(state, momentum_field) -> str | None:
   if momentum_field is None:
     return None
-  for field in SECOND_MOMENT_FIELDS:
-    for value in _moments(state, field):
-      leaves = jax.tree.leaves(value)
-      if len(leaves) == 1 and jnp.shape(leaves[0]) == ():
-        return field
-  return None
+  return _parameter_shaped_field(state, SECOND_MOMENT_FIELDS)
 
 
 def _hyperparam(inner_state, name: str, default):
