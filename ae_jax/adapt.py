@@ -174,11 +174,29 @@ def _scaled(grads, factor, filters):
   return jax.tree.map(lambda g: g * factor.astype(g.dtype), grads)
 
 
-def sanitize(grads, inf_value=0.0):
-  """NaN → 0, ±inf → ±inf_value, elementwise (fuses into the update)."""
-  return jax.tree.map(
-      lambda g: jnp.nan_to_num(g, nan=0.0, posinf=inf_value,
-                               neginf=-inf_value), grads)
+def sanitize(grads, inf_value=0.0, bound=None):
+  """NaN → 0, ±inf → ±inf_value, and (with a ``bound``) every entry clipped
+  to ``±bound``, elementwise (fuses into the update)."""
+
+  def clean(g):
+    g = jnp.nan_to_num(g, nan=0.0, posinf=inf_value, neginf=-inf_value)
+    return g if bound is None else measurement.clamp(g, bound)
+
+  return jax.tree.map(clean, grads)
+
+
+def _overflow_bound(grads, dtype) -> float:
+  """The entry bound under which neither the statistics (in ``dtype``) nor
+  the base's squares (in the gradient's dtype) overflow."""
+  leaves = jax.tree.leaves(grads)
+  bound = measurement.overflow_bound(sum(x.size for x in leaves), dtype)
+  for x in leaves:
+    # A base squares each entry (Adam's ν) in the gradient's own dtype.
+    # Below 32 bits that overflows at moderate values already (float16 at
+    # 256), which is Optax's behaviour too, and is left alone.
+    if jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits >= 32:
+      bound = min(bound, measurement.overflow_bound(1, x.dtype))
+  return bound
 
 
 def reseed(state, key):
@@ -355,8 +373,8 @@ def adapt(inner: optax.GradientTransformation,
     if jnp.ndim(value) != 0:
       raise TypeError(f"`value` must be the scalar loss, got shape "
                       f"{jnp.shape(value)}")
-    grads = sanitize(updates, inf_value)
     dtype = state.controller.energy.dtype
+    grads = sanitize(updates, inf_value, _overflow_bound(updates, dtype))
     key, stats_key, noise_key = jax.random.split(state.key, 3)
     plan = plan_for(grads)
     # Statistics read the raw gradient: they count non-finite entries (for

@@ -35,7 +35,9 @@ class Brake(NamedTuple):
   Attributes:
     loss_limit: brake when ``|loss|`` exceeds this, or the loss is not finite
       (``None``: never brake on the loss, as the reference in effect does).
-    grad_limit: brake when ``‖g‖`` exceeds this or is not finite.
+    grad_limit: brake when ``‖g‖`` exceeds this or is not finite; with a
+      gradient clip on (``FilterConfig.grad_clip``, the presets), such a
+      gradient is also scaled down to this norm.
     nonfinite_grad: brake when the gradient had any non-finite entry (NaN
       included, which sanitising would otherwise hide; the reference does
       not).
@@ -228,7 +230,7 @@ def controller(coefficients: Sequence[Coefficient], laws, *,
            reward=None) -> tuple[dict, ControllerState]:
     dtype = state.energy.dtype
     sig, filt = measurement.measure(state.filters, filters, loss, stats,
-                                    reward)
+                                    reward, grad_limit=brake.grad_limit)
     loss = jnp.asarray(loss, dtype)
     nonfinite = ~jnp.isfinite(sig.gnorm)
     if brake.nonfinite_grad:

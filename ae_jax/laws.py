@@ -523,7 +523,7 @@ def hypergradient(coefficient: str = "learning_rate", *, gain=0.2,
                   min_gain=None, grow=1.2, shrink=0.5, decay=0.7,
                   square_decay=0.99, filter_mode: str = "debiased",
                   smooth=False) -> optax.GradientTransformationExtraArgs:
-  """The step size follows the sign of its own hypergradient (AE-5 phase term).
+  r"""The step size follows the sign of its own hypergradient (AE-5 phase term).
 
   .. math::
 

@@ -21,6 +21,7 @@ Everything here works on scalars; the only parameter-sized work is
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import chex
@@ -235,23 +236,47 @@ def ema(moment, sample, decay, count, mode: str):
   return moment, jnp.where(first, sample, moment / correction)
 
 
-def _leaf_sums(g, m, dtype, inf_value):
+def overflow_bound(size: int, dtype) -> float:
+  """The largest entry magnitude whose square, summed over ``size``
+  entries, stays finite in ``dtype`` (with a factor 4 of headroom for
+  ``Σg·m`` and the EMAs).
+
+  Gradient entries beyond it are read as ``±bound`` by the statistics and
+  passed to the base at that size, so a finite but absurd gradient (1e19 in
+  float32, whose square overflows) never turns ``‖g‖²`` into inf and an EMA
+  into ``inf - inf``. Real gradients are many decades below it (9e14 per
+  entry at 1e8 float32 parameters).
+  """
+  return math.sqrt(float(jnp.finfo(dtype).max) / (4.0 * max(int(size), 1)))
+
+
+def clamp(x, bound: float):
+  """``x`` with entries clipped to ``±bound`` (a no-op beyond its dtype's
+  range)."""
+  if bound >= float(jnp.finfo(x.dtype).max):
+    return x
+  return jnp.clip(x, -bound, bound)
+
+
+def _leaf_sums(g, m, dtype, inf_value, bound):
   """(Σg, Σg², Σg·m, Σm², #non-finite) of one leaf (or of sampled blocks of
-  it), non-finite entries of ``g`` sanitised to 0 / ±inf_value."""
+  it), non-finite entries of ``g`` sanitised to 0 / ±inf_value and every
+  entry clamped to ``±bound`` (:func:`overflow_bound`)."""
   nonfinite = jnp.sum(~jnp.isfinite(g)).astype(dtype)
-  g = jnp.nan_to_num(g.astype(dtype), nan=0.0, posinf=inf_value,
-                     neginf=-inf_value)
+  g = clamp(jnp.nan_to_num(g.astype(dtype), nan=0.0, posinf=inf_value,
+                           neginf=-inf_value), bound)
   sums = [jnp.sum(g), jnp.sum(g * g)]
   if m is None:
     return sums + [jnp.zeros([], dtype)] * 2 + [nonfinite]
-  m = m.astype(dtype)
+  m = clamp(jnp.nan_to_num(m.astype(dtype)), bound)
   return sums + [jnp.sum(g * m), jnp.sum(m * m), nonfinite]
 
 
 def _stats(pairs, size, dtype, inf_value) -> GradStats:
   totals = [jnp.zeros([], dtype) for _ in range(5)]
+  bound = overflow_bound(size, dtype)
   for g, m, scale in pairs:
-    sums = _leaf_sums(g, m, dtype, inf_value)
+    sums = _leaf_sums(g, m, dtype, inf_value, bound)
     scales = [scale] * 4 + [1.0]  # counts are not extrapolated
     totals = [t + x * k for t, x, k in zip(totals, sums, scales)]
   return GradStats(jnp.asarray(size, dtype), *totals)
@@ -389,7 +414,8 @@ def sanitize_loss(loss, limit: float):
 
 
 def measure(state: FilterState, config: FilterConfig, loss, stats: GradStats,
-            reward=None) -> tuple[Signals, FilterState]:
+            reward=None, *, grad_limit: float | None = None,
+            ) -> tuple[Signals, FilterState]:
   """Folds one step's observables into the filters (AE-1).
 
   Args:
@@ -398,6 +424,10 @@ def measure(state: FilterState, config: FilterConfig, loss, stats: GradStats,
     loss: scalar loss of this step (may be non-finite: it is sanitised).
     stats: :func:`gradient_stats` of this step's (sanitised) gradient.
     reward: optional scalar reward.
+    grad_limit: with ``config.grad_clip`` on, a gradient whose norm exceeds
+      this absolute limit (the brake's) is also scaled down to it, the first
+      one included, so one absurd gradient neither reaches the base at full
+      size nor raises the running norm the relative clip reads.
 
   Returns:
     ``(signals, new_state)``. ``signals.gamma`` and ``signals.brake`` are
@@ -454,6 +484,9 @@ def measure(state: FilterState, config: FilterConfig, loss, stats: GradStats,
         _TINY)
     clip = jnp.where(first | ~jnp.isfinite(gnorm), 1.0,
                      jnp.minimum(1.0, limit / gnorm))
+    if grad_limit is not None:
+      clip = jnp.where(jnp.isfinite(gnorm),
+                       jnp.minimum(clip, grad_limit / gnorm), clip)
   g_acc = optax.tree.update_moment(jnp.where(jnp.isfinite(gnorm),
                                              clip * gnorm, 0.0),
                                    state.G, config.grad_norm, order=1)
