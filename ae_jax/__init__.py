@@ -15,10 +15,11 @@ from ae_jax import machine
 from ae_jax import meta
 from ae_jax import measurement
 from ae_jax import swarm
-from ae_jax.adapt import AdaptState, adapt, reseed
+from ae_jax.adapt import AdaptState, adapt, reseed, set_coefficients
 from ae_jax.coefficient import Coefficient
-from ae_jax.controller import (Brake, Controller, ControllerState,
-                               coefficients, controller, signals)
+from ae_jax.controller import (Brake, CoefficientMap, Controller,
+                               ControllerState, coefficients, controller,
+                               signals)
 from ae_jax.presets import (LawGains, ae_adam, ae_adamw, ae_sgdm,
                             canonical_laws, default_gains, ema_sgd, injected)
 from ae_jax.reference import reference_agent
@@ -27,9 +28,11 @@ from ae_jax.measurement import FilterConfig, GradStats, Signals
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdaptState", "Brake", "Coefficient", "Controller", "ControllerState",
+    "AdaptState", "Brake", "Coefficient", "CoefficientMap", "Controller",
+    "ControllerState",
     "FilterConfig", "GradStats", "LawGains", "Signals", "adapt", "ae_adam",
     "ae_adamw", "ae_sgdm", "canonical_laws", "coefficients", "controller",
     "default_gains", "ema_sgd", "injected", "laws", "machine", "measurement",
-    "meta", "reference_agent", "reseed", "signals", "swarm",
+    "meta", "reference_agent", "reseed", "set_coefficients", "signals",
+    "swarm",
 ]

@@ -167,6 +167,62 @@ def write_hyperparams(inner_state, values: dict):
                       is_leaf=lambda x: isinstance(x, _INJECT_STATES))
 
 
+def _adopt_overrides(cstate, inner_state, specs):
+  """The controller state with every hyperparameter that was changed from
+  outside (``optax.tree.set``, :func:`set_coefficients`) since the last
+  update adopted: its ``z`` and value move to the new value (projected on
+  Ω), so the laws continue from there instead of overwriting it."""
+  z, values = dict(cstate.z), dict(cstate.values)
+  for c in specs:
+    held = _hyperparam(inner_state, c.name, None)
+    if held is None:
+      continue
+    held = jnp.asarray(held)
+    # What this optimizer wrote last, in the dtype it was written in.
+    changed = held != values[c.name].astype(held.dtype)
+    dtype = values[c.name].dtype
+    new = jnp.clip(held.astype(dtype), c.lower, c.upper)
+    values[c.name] = jnp.where(changed, new, values[c.name])
+    z[c.name] = jnp.where(changed, c.to_z(new).astype(dtype), z[c.name])
+  return cstate._replace(z=type(cstate.z)(z), values=type(cstate.values)(values))
+
+
+def set_coefficients(state, **values):
+  """Overrides adapted coefficients in an AE state, mid-run.
+
+  Writes the values into the base optimizer's ``hyperparams`` (what
+  ``optax.tree.set(state, learning_rate=x)`` does too); at the next
+  ``update`` the controller adopts them (its ``z`` moves there, projected
+  on Ω) and the laws continue from the new value. Works inside ``jit``;
+  every AE part of the state that adapts a name gets it.
+
+  Example::
+
+    state = ae.set_coefficients(state, learning_rate=1e-4)
+
+  Raises:
+    ValueError: if a name is not a hyperparameter of any AE part's base
+      optimizer (the noise σ, adapted outside the base, cannot be set).
+  """
+  unboxed = controller_lib._unboxed(state)  # pylint: disable=protected-access
+  known = set()
+  for _, node in controller_lib._find_all(unboxed, AdaptState):  # pylint: disable=protected-access
+    for s in _inject_states(node.inner_state):
+      known |= set(s.hyperparams)
+  unknown = sorted(set(values) - known)
+  if unknown:
+    raise ValueError(f"set_coefficients: {unknown} are not hyperparameters of "
+                     f"an AE optimizer in this state (it has {sorted(known)})")
+
+  def write(node):
+    if not isinstance(node, AdaptState):
+      return node
+    return node._replace(inner_state=write_hyperparams(node.inner_state,
+                                                       values))
+
+  return jax.tree.map(write, state, is_leaf=lambda x: isinstance(x, AdaptState))
+
+
 def _scaled(grads, factor, filters):
   """``grads`` times the clip factor (a no-op when clipping is off)."""
   if filters.grad_clip is None:
@@ -226,7 +282,8 @@ def adapt(inner: optax.GradientTransformation,
           seed: int = 0,
           stats_sample: int | None = None,
           energy_weight=0.05,
-          smooth=False) -> optax.GradientTransformationExtraArgs:
+          smooth=False,
+          step_scale=None) -> optax.GradientTransformationExtraArgs:
   """Drives the hyperparameters of ``inner`` with the AE laws every step.
 
   Example::
@@ -261,6 +318,12 @@ def adapt(inner: optax.GradientTransformation,
     energy_weight: weight of the leak term in the Lyapunov energy.
     smooth: AE-9 smooth brake and projection (see
       :func:`ae_jax.controller`); the laws take their own ``smooth``.
+    step_scale: a factor on the base's update, before the noise ξ_t: a
+      number or array (may be traced), or a schedule ``count -> factor``
+      (an Optax schedule, called with the number of updates done). The
+      presets use it for traced and scheduled learning rates: the laws
+      evolve α around a fixed α₀ and the factor carries the user's rate
+      (see :func:`ae_jax.ae_adamw`). ``γ`` in the signals includes it.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` requires
@@ -320,6 +383,15 @@ def adapt(inner: optax.GradientTransformation,
     sigma_spec = next(c for c in specs if c.name == noise)
     if sigma_spec.lower == sigma_spec.upper == 0.0:
       noise = None
+  if step_size is not None and step_size not in names and (
+      step_size not in hyperparams):
+    raise ValueError(
+        f"adapt: step_size={step_size!r} is neither an adapted coefficient "
+        f"({names}) nor a hyperparameter of the inner optimizer "
+        f"({sorted(hyperparams)}); pass one of them or None")
+  if noise is not None and not isinstance(noise, str):
+    raise TypeError(f"adapt: noise must be a coefficient name or None, got "
+                    f"{noise!r}")
   if stats_sample is not None and not int(stats_sample) >= 1:
     raise ValueError(f"adapt: stats_sample must be a positive element "
                      f"count or None, got {stats_sample}")
@@ -375,6 +447,8 @@ def adapt(inner: optax.GradientTransformation,
                       f"{jnp.shape(value)}")
     dtype = state.controller.energy.dtype
     grads = sanitize(updates, inf_value, _overflow_bound(updates, dtype))
+    state = state._replace(controller=_adopt_overrides(
+        state.controller, state.inner_state, ctrl.specs))
     key, stats_key, noise_key = jax.random.split(state.key, 3)
     plan = plan_for(grads)
     # Statistics read the raw gradient: they count non-finite entries (for
@@ -414,6 +488,13 @@ def adapt(inner: optax.GradientTransformation,
           _scaled(grads, cstate.signals.clip, filters), inner_state, params,
           **extra_args)
 
+    if step_scale is not None:
+      factor = (step_scale(state.controller.count) if callable(step_scale)
+                else step_scale)
+      factor = jnp.asarray(factor, dtype)
+      updates = jax.tree.map(lambda u: u * factor.astype(u.dtype), updates)
+      cstate = cstate._replace(signals=cstate.signals._replace(
+          gamma=factor * cstate.signals.gamma))
     if noise is not None:
       updates = add_noise(updates, applied[noise], noise_key)
     if plan is not None:

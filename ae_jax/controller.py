@@ -58,13 +58,64 @@ class Brake(NamedTuple):
   cap: Mapping[str, float] = {}
 
 
+@jax.tree_util.register_pytree_with_keys_class
+class CoefficientMap(Mapping):
+  """Coefficients by name (``z`` or values) inside a :class:`ControllerState`.
+
+  A read-only mapping whose pytree keys are positions, not names: the names
+  ``learning_rate``, ``b1``, ... then occur in an AE state only in the base
+  optimizer's ``hyperparams``, so ``optax.tree.get(state, "learning_rate")``
+  finds the rate (one match) and ``optax.tree.set`` overrides it (the
+  controller adopts the new value at the next update, see
+  :func:`ae_jax.adapt`). The names travel as static pytree metadata.
+  """
+
+  __slots__ = ("_items",)
+
+  def __init__(self, items=()):
+    self._items = dict(items)
+
+  def __getitem__(self, name):
+    return self._items[name]
+
+  def __iter__(self):
+    return iter(self._items)
+
+  def __len__(self):
+    return len(self._items)
+
+  def __repr__(self):
+    return f"CoefficientMap({self._items!r})"
+
+  def __getstate__(self):
+    return self._items
+
+  def __setstate__(self, items):
+    self._items = items
+
+  def tree_flatten_with_keys(self):
+    names = tuple(self._items)
+    return ([(jax.tree_util.SequenceKey(i), self._items[n])
+             for i, n in enumerate(names)], names)
+
+  def tree_flatten(self):
+    names = tuple(self._items)
+    return [self._items[n] for n in names], names
+
+  @classmethod
+  def tree_unflatten(cls, names, children):
+    return cls(zip(names, children))
+
+
 class ControllerState(NamedTuple):
   """State of a :func:`controller` (all scalars, at least float32).
 
   Attributes:
     count: steps taken.
-    z: the coefficients in unconstrained coordinates (dict).
-    values: the coefficient values ``a_t`` (dict), what the user reads.
+    z: the coefficients in unconstrained coordinates
+      (:class:`CoefficientMap`).
+    values: the coefficient values ``a_t`` (:class:`CoefficientMap`), what
+      the user reads.
     filters: the AE-1 filter accumulators.
     signals: the signals of the last step.
     laws: the state of the law chain.
@@ -215,10 +266,11 @@ def controller(coefficients: Sequence[Coefficient], laws, *,
     dtype = dtype or measurement.controller_dtype()
     z = {c.name: jnp.asarray(c.to_z(c.init), dtype) for c in specs}
     return ControllerState(
-        count=jnp.zeros([], jnp.int32), z=z,
+        count=jnp.zeros([], jnp.int32), z=CoefficientMap(z),
         # The exact initial values, not decode(z) (a logit round trip turns
         # 0.9 into 0.8999999 in float32).
-        values={c.name: jnp.array(c.init, dtype) for c in specs},
+        values=CoefficientMap({c.name: jnp.array(c.init, dtype)
+                               for c in specs}),
         filters=measurement.init_filters(dtype),
         signals=measurement.init_signals(dtype), laws=laws.init(z),
         energy=jnp.zeros([], dtype))
@@ -277,7 +329,8 @@ def controller(coefficients: Sequence[Coefficient], laws, *,
     energy = laws_lib.lyapunov_energy(sig.loss_mean, z, geo,
                                       weight=energy_weight)
     new_state = ControllerState(
-        count=optax.safe_increment(state.count), z=z, values=values,
+        count=optax.safe_increment(state.count), z=CoefficientMap(z),
+        values=CoefficientMap(values),
         filters=filt, signals=sig, laws=law_state, energy=energy)
     return values, new_state
 
@@ -294,13 +347,26 @@ def controller(coefficients: Sequence[Coefficient], laws, *,
   return Controller(init=init, update=update, step=step, specs=specs)
 
 
+def _find_all(state, cls) -> list[tuple[str, Any]]:
+  """``(path, node)`` of every ``cls`` node in ``state``."""
+  found = jax.tree_util.tree_flatten_with_path(
+      state, is_leaf=lambda x: isinstance(x, cls))[0]
+  return [(jax.tree_util.keystr(path), node) for path, node in found
+          if isinstance(node, cls)]
+
+
 def _find(state, cls):
-  found = [s for s in jax.tree.leaves(
-      state, is_leaf=lambda x: isinstance(x, cls)) if isinstance(s, cls)]
+  found = _find_all(state, cls)
   if not found:
     raise ValueError(f"no {cls.__name__} in this state: pass the state of an "
                      f"ae_jax optimizer or controller")
-  return found[0]
+  if len(found) > 1:
+    raise ValueError(
+        f"this state holds {len(found)} AE controllers (at "
+        f"{[p or '<root>' for p, _ in found]}, e.g. from "
+        f"optax.multi_transform): read them with ae.coefficients(state, "
+        f"by_path=True) or ae.signals(state, by_path=True)")
+  return found[0][1]
 
 
 def _boxed(x) -> bool:
@@ -319,20 +385,42 @@ def _unbox(x):
   return x.value
 
 
+def _unboxed(state):
+  return jax.tree.map(_unbox, state, is_leaf=_boxed)
+
+
 def _controller_state(state) -> ControllerState:
-  return _find(jax.tree.map(_unbox, state, is_leaf=_boxed), ControllerState)
+  return _find(_unboxed(state), ControllerState)
 
 
-def coefficients(state) -> dict[str, jax.Array]:
-  """The current coefficient values, by name, from any state holding a controller."""
-  return dict(_controller_state(state).values)
-
-
-def signals(state) -> dict[str, jax.Array]:
-  """The last step's signals (``'T'``, ``'V'``, ``'R'``, ``'rho'``, ``'S'``,
-  ``'gamma'``, ...) and the Lyapunov ``'energy'``, from any state holding a
-  controller."""
-  found = _controller_state(state)
+def _signals_of(found: ControllerState) -> dict[str, jax.Array]:
   out = found.signals._asdict()
   out["energy"] = found.energy
   return out
+
+
+def coefficients(state, *, by_path: bool = False) -> dict:
+  """The current coefficient values, by name, from any state holding a
+  controller.
+
+  Args:
+    state: an AE optimizer's or controller's state (also inside an
+      ``optax.chain``, an NNX optimizer, ...).
+    by_path: return ``{path: {name: value}}`` for every controller in the
+      state (several AE parts, e.g. under ``optax.multi_transform``); without
+      it, a state with more than one controller raises a ValueError.
+  """
+  if by_path:
+    return {path: dict(node.values)
+            for path, node in _find_all(_unboxed(state), ControllerState)}
+  return dict(_controller_state(state).values)
+
+
+def signals(state, *, by_path: bool = False) -> dict:
+  """The last step's signals (``'T'``, ``'V'``, ``'R'``, ``'rho'``, ``'S'``,
+  ``'gamma'``, ...) and the Lyapunov ``'energy'``, from any state holding a
+  controller; ``by_path`` as in :func:`coefficients`."""
+  if by_path:
+    return {path: _signals_of(node)
+            for path, node in _find_all(_unboxed(state), ControllerState)}
+  return _signals_of(_controller_state(state))

@@ -321,10 +321,12 @@ class PhaseSample(NamedTuple):
   """Blocks of the phase reference kept for the next step's ρ.
 
   Attributes:
-    starts: per leaf, the int32 start offsets of its blocks (empty for
-      leaves kept whole).
+    starts: per leaf, the int32 start offsets of its blocks, shape
+      ``(blocks,)``; a scalar 0 for a leaf kept whole (no zero-size arrays:
+      checkpointers refuse them).
     blocks: per leaf, the reference's values there, shape
-      ``(len(starts), SAMPLE_BLOCK)``, or the whole flattened leaf.
+      ``(blocks, SAMPLE_BLOCK)``, or the whole leaf in its own shape (and
+      sharding).
   """
 
   starts: tuple
@@ -351,7 +353,7 @@ def draw_starts(key, grads, plan) -> tuple:
   starts = []
   for i, (x, blocks) in enumerate(zip(jax.tree.leaves(grads), plan)):
     if blocks == 0:
-      starts.append(jnp.zeros([0], jnp.int32))
+      starts.append(jnp.zeros([], jnp.int32))
     else:
       # Blocks wrap around the end of the leaf, so every element has the
       # same chance SAMPLE_BLOCK / size of being read: the sums are unbiased.
@@ -360,18 +362,30 @@ def draw_starts(key, grads, plan) -> tuple:
   return tuple(starts)
 
 
+def _gather(x, index):
+  """``x[index]`` (a tuple of integer arrays), replicated: under an
+  Explicit mesh axis a gather from a sharded leaf must say where its result
+  lives."""
+  mesh = getattr(getattr(jax.typeof(x), "sharding", None), "mesh", None)
+  if (mesh is not None and not mesh.empty
+      and jax.sharding.AxisType.Explicit in tuple(mesh.axis_types)):
+    return x.at[index].get(out_sharding=jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec()))
+  return x[index]
+
+
 def take_blocks(tree, starts) -> tuple:
-  """The blocks of each leaf of ``tree`` at ``starts`` (whole small leaves);
-  a block runs past the end of its leaf back to its start."""
+  """The blocks of each leaf of ``tree`` at ``starts`` (whole small leaves,
+  in their own shape); a block runs past the end of its leaf back to its
+  start. Leaves are never reshaped, so sharded leaves stay as they are."""
   out = []
   offsets = jnp.arange(SAMPLE_BLOCK, dtype=jnp.int32)
   for x, s in zip(jax.tree.leaves(tree), starts):
-    flat = x.reshape(-1)
-    if s.shape[0] == 0:
-      out.append(flat)
+    if s.ndim == 0:
+      out.append(x)
     else:
-      index = (s[:, None] + offsets[None, :]) % flat.shape[0]
-      out.append(jnp.take(flat, index, mode="clip"))
+      flat_index = (s[:, None] + offsets[None, :]) % x.size
+      out.append(_gather(x, jnp.unravel_index(flat_index, x.shape)))
   return tuple(out)
 
 

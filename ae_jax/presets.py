@@ -19,13 +19,14 @@ the canonical laws of :func:`canonical_laws`:
 reference implementation, with the reason.
 """
 
-from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ae_jax import laws
@@ -304,14 +305,91 @@ def _specs(spec_args: Mapping[str, tuple]) -> list[Coefficient]:
   return [Coefficient(name, *args) for name, args in spec_args.items()]
 
 
+# Ω of a coefficient given as an array (traced, e.g. by inject_hyperparams,
+# which traces every numeric argument) without explicit bounds: Ω cannot be
+# made relative to a value unknown at construction, so it is left open.
+# Such a value is floored here so a traced 0 (σ, λ) keeps z finite.
+_ARRAY_FLOOR = 1e-30
+
+
+def _is_array(value) -> bool:
+  return isinstance(value, (jax.Array, np.ndarray, np.generic))
+
+
 def _relative_bounds(name, value, bounds, low, high):
   if bounds is not None:
     return bounds
-  if isinstance(value, jax.core.Tracer):
-    # Ω must be concrete (it is checked and turned into z-bounds now).
-    raise ValueError(f"{name} is traced (jit, vmap or grad): pass "
-                     f"{name}_bounds=(lower, upper) explicitly")
+  if _is_array(value):
+    return _ARRAY_FLOOR, math.inf
   return value * low, value * high
+
+
+def _check_number(name, value, *, allow_schedule=False):
+  """TypeError unless ``value`` is a real number or a scalar array (or, with
+  ``allow_schedule``, a callable)."""
+  if allow_schedule and callable(value):
+    return
+  if _is_array(value):
+    if jnp.ndim(value) != 0:
+      raise TypeError(f"{name} must be a scalar, got shape {jnp.shape(value)}")
+    kind = jnp.result_type(value)
+    if not (jnp.issubdtype(kind, jnp.floating)
+            or jnp.issubdtype(kind, jnp.integer)):
+      raise TypeError(f"{name} must be a real number, got dtype {kind}")
+    return
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    kind = "an Optax schedule or " if allow_schedule else ""
+    raise TypeError(f"{name} must be {kind}a real number, got "
+                    f"{type(value).__name__} {value!r}")
+
+
+def _check_bounds(name, bounds, *, below_one=False):
+  """ValueError unless ``bounds`` is ``None`` or ``(lower, upper)`` with
+  ``0 <= lower <= upper`` (and ``upper < 1`` for a momentum)."""
+  if bounds is None:
+    return
+  try:
+    lo, hi = (float(b) for b in bounds)
+  except (TypeError, ValueError):
+    raise ValueError(f"{name} must be a pair (lower, upper) of numbers, got "
+                     f"{bounds!r}") from None
+  if not (math.isfinite(lo) and 0.0 <= lo <= hi):
+    raise ValueError(f"{name} must satisfy 0 <= lower <= upper, got "
+                     f"{bounds!r}")
+  if below_one and not hi < 1.0:
+    raise ValueError(f"{name}: a momentum lies in [0, 1) (at 1 the EMA "
+                     f"stops following the gradient); got upper={hi}")
+
+
+def _rate(learning_rate, bounds, default: float):
+  """Splits ``learning_rate`` into the static α₀ the preset is built at,
+  Ω, and the ``step_scale`` of :func:`ae_jax.adapt` that carries the rest.
+
+  * a number: α₀ itself, no factor;
+  * a scalar array or a traced value (``vmap`` over rates,
+    ``inject_hyperparams``) without explicit bounds: the preset is built at
+    the static ``default`` and its updates are scaled by
+    ``learning_rate / default``. Every law acts on log α and Ω is relative
+    to α₀, so this is the optimizer built at that rate, Ω following it;
+  * a schedule ``s``: built at ``s(0)`` (``default`` if that is 0), updates
+    scaled by ``s(t) / s(0)``: the schedule is the shape the closed loop
+    modulates, the laws find the level.
+  """
+  _check_number("learning_rate", learning_rate, allow_schedule=True)
+  if callable(learning_rate):
+    with jax.ensure_compile_time_eval():
+      start = float(learning_rate(0))
+    if not (math.isfinite(start) and start >= 0):
+      raise ValueError(f"learning_rate: the schedule must start at a "
+                       f"finite rate >= 0, got {start}")
+    anchor = start if start > 0 else default
+    return anchor, bounds, lambda count: learning_rate(count) / anchor
+  if _is_array(learning_rate) and bounds is None:
+    if not isinstance(learning_rate, jax.core.Tracer):
+      check_positive("", learning_rate=float(learning_rate))
+    return default, None, learning_rate / default
+  check_positive("", learning_rate=learning_rate)
+  return learning_rate, bounds, None
 
 
 def _lr_spec(learning_rate, bounds, warm_start):
@@ -326,10 +404,17 @@ def _lr_spec(learning_rate, bounds, warm_start):
 
 def _pinned_at_zero_or_log(name, value, bounds):
   """A log-parametrised coefficient, or one pinned at 0 when it starts there
-  (0 is a fixed point of the multiplicative law AE-3)."""
-  if not isinstance(value, jax.core.Tracer) and float(value) < 0:
+  (0 is a fixed point of the multiplicative law AE-3). An array value is
+  never pinned (it may be traced: the choice must not depend on it)."""
+  if _is_array(value):
+    if not isinstance(value, jax.core.Tracer) and float(value) < 0:
+      raise ValueError(f"{name} must be >= 0, got {value}")
+    lo = bounds[0] if bounds[0] > 0 else _ARRAY_FLOOR
+    return Coefficient(name, jnp.maximum(value, lo), lo, bounds[1], None,
+                       "log")
+  if float(value) < 0:
     raise ValueError(f"{name} must be >= 0, got {value}")
-  if not isinstance(value, jax.core.Tracer) and float(value) == 0:
+  if float(value) == 0:
     return Coefficient(name, 0.0, 0.0, 0.0, None, "linear")
   return Coefficient(name, value, *bounds, None, "log")
 
@@ -341,7 +426,7 @@ def _sigma_spec(sigma, bounds):
 
 
 def _finish(inner, specs, laws_chain, *, delayed, seed, gains, smooth,
-            momentum="auto", **law_flags):
+            momentum="auto", step_scale=None, **law_flags):
   names = [c.name for c in specs]
   cap = {n: 0.5 for n in ("momentum", "b1") if n in names}
   if laws_chain is None:
@@ -350,10 +435,12 @@ def _finish(inner, specs, laws_chain, *, delayed, seed, gains, smooth,
   return adapt(inner, specs, laws_chain,
                brake=Brake(scale={LEARNING_RATE: 0.1}, cap=cap),
                filters=filter_config(gains), delayed=delayed, seed=seed,
-               momentum=momentum, stats_sample=STATS_SAMPLE, smooth=smooth)
+               momentum=momentum, stats_sample=STATS_SAMPLE, smooth=smooth,
+               step_scale=step_scale)
 
 
-def ae_sgdm(learning_rate: float = 1e-1, momentum: float = 0.9, *,
+def ae_sgdm(learning_rate: optax.ScalarOrSchedule = 1e-1,
+            momentum: float = 0.9, *,
             sigma: float = 0.0, learning_rate_bounds=None,
             warm_start: float = WARM_START,
             momentum_bounds=(0.0, 0.99), sigma_bounds=None,
@@ -399,29 +486,52 @@ def ae_sgdm(learning_rate: float = 1e-1, momentum: float = 0.9, *,
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``value=``.
   """
-  check_positive("", learning_rate=learning_rate)
-  inner = injected(ema_sgd, learning_rate=learning_rate, momentum=momentum)
-  specs = [_lr_spec(learning_rate, learning_rate_bounds, warm_start),
+  alpha0, learning_rate_bounds, step_scale = _rate(
+      learning_rate, learning_rate_bounds, 1e-1)
+  _check_common(momentum=momentum, sigma=sigma, warm_start=warm_start,
+                learning_rate_bounds=learning_rate_bounds,
+                sigma_bounds=sigma_bounds)
+  _check_bounds("momentum_bounds", momentum_bounds, below_one=True)
+  inner = injected(ema_sgd, learning_rate=alpha0, momentum=momentum)
+  specs = [_lr_spec(alpha0, learning_rate_bounds, warm_start),
            Coefficient("momentum", momentum, *momentum_bounds, 0.9
                        if momentum_bounds[0] <= 0.9 <= momentum_bounds[1]
                        else None, "linear"),
            _sigma_spec(sigma, sigma_bounds)]
   return _finish(inner, specs, laws_chain, delayed=delayed, seed=seed,
-                 gains=gains, smooth=smooth)
+                 gains=gains, smooth=smooth, step_scale=step_scale)
+
+
+def _check_common(*, warm_start, learning_rate_bounds, sigma_bounds,
+                  **numbers_):
+  """Type checks shared by the presets (names the field)."""
+  for name, value in numbers_.items():
+    _check_number(name, value)
+  _check_number("warm_start", warm_start)
+  _check_bounds("learning_rate_bounds", learning_rate_bounds)
+  if learning_rate_bounds is not None and not float(
+      learning_rate_bounds[0]) > 0:
+    raise ValueError(f"learning_rate_bounds: the lower bound must be > 0 "
+                     f"(α is log-parametrised), got {learning_rate_bounds!r}")
+  _check_bounds("sigma_bounds", sigma_bounds)
 
 
 def _adam_specs(learning_rate, b1, b2, eps, sigma, learning_rate_bounds,
-                sigma_bounds, warm_start):
+                sigma_bounds, warm_start, eps_bounds=None):
+  _check_common(b1=b1, b2=b2, eps=eps, sigma=sigma, warm_start=warm_start,
+                learning_rate_bounds=learning_rate_bounds,
+                sigma_bounds=sigma_bounds)
+  _check_bounds("eps_bounds", eps_bounds)
   check_positive("", learning_rate=learning_rate, eps=eps)
   for name, beta in (("b1", b1), ("b2", b2)):
     if not isinstance(beta, jax.core.Tracer) and not 0.0 < float(beta) < 1.0:
       raise ValueError(f"{name} must lie in (0, 1), got {beta}")
-  if isinstance(b2, jax.core.Tracer):
+  if _is_array(b2):  # traced, or may be: Ω must not depend on the value
     b2_bounds = (0.9, 0.99999)
   else:
     # Strictly around b2 (a logit coordinate), whatever b2 in (0, 1) is.
     b2_bounds = (min(0.9, b2 - 0.5 * (1 - b2)), max(0.99999, b2 + 0.5 * (1 - b2)))
-  eps_bounds = _relative_bounds("eps", eps, None, 1e-2, 1e4)
+  eps_bounds = _relative_bounds("eps", eps, eps_bounds, 1e-2, 1e4)
   return [
       _lr_spec(learning_rate, learning_rate_bounds, warm_start),
       Coefficient("b1", b1, 0.0, 0.999, None, "logit"),
@@ -432,21 +542,28 @@ def _adam_specs(learning_rate, b1, b2, eps, sigma, learning_rate_bounds,
   ]
 
 
-def adamw_coefficients(learning_rate: float = 1e-3, b1: float = 0.9,
-                       b2: float = 0.999, eps: float = 1e-8,
+def adamw_coefficients(learning_rate: optax.ScalarOrSchedule = 1e-3,
+                       b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                        weight_decay: float = 1e-4, *, sigma: float = 0.0,
                        learning_rate_bounds=None, weight_decay_bounds=None,
-                       sigma_bounds=None,
+                       sigma_bounds=None, eps_bounds=None,
                        warm_start: float = WARM_START) -> list[Coefficient]:
   """The :class:`Coefficient` specs that :func:`ae_adamw` adapts, for the
   same arguments (the order, bounds and parametrisations it uses).
 
   Code that acts on an AE-AdamW state from outside (the coefficient
   consensus of :mod:`ae_jax.swarm`) needs Ω and the coordinates, which the
-  optimizer itself does not expose.
+  optimizer itself does not expose. For a traced rate without bounds or a
+  schedule, these are the specs at the static α₀ the preset is built at
+  (see :func:`ae_adamw`).
   """
-  specs = _adam_specs(learning_rate, b1, b2, eps, sigma,
-                      learning_rate_bounds, sigma_bounds, warm_start)
+  alpha0, learning_rate_bounds, _ = _rate(learning_rate, learning_rate_bounds,
+                                          1e-3)
+  _check_bounds("weight_decay_bounds", weight_decay_bounds)
+  _check_number("weight_decay", weight_decay)
+  specs = _adam_specs(alpha0, b1, b2, eps, sigma,
+                      learning_rate_bounds, sigma_bounds, warm_start,
+                      eps_bounds)
   specs.insert(4, _pinned_at_zero_or_log(
       "weight_decay", weight_decay,
       _relative_bounds("weight_decay", weight_decay, weight_decay_bounds,
@@ -454,10 +571,10 @@ def adamw_coefficients(learning_rate: float = 1e-3, b1: float = 0.9,
   return specs
 
 
-def ae_adam(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
-            eps: float = 1e-8, *, sigma: float = 0.0,
+def ae_adam(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9,
+            b2: float = 0.999, eps: float = 1e-8, *, sigma: float = 0.0,
             learning_rate_bounds=None, warm_start: float = WARM_START,
-            sigma_bounds=None, laws_chain=None,
+            sigma_bounds=None, eps_bounds=None, laws_chain=None,
             delayed: bool = False, seed: int = 0,
             gains: LawGains | None = None, smooth=False,
             ) -> optax.GradientTransformationExtraArgs:
@@ -484,19 +601,22 @@ def ae_adam(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
     gains: a :class:`LawGains` (may be traced); see :func:`ae_sgdm`.
     smooth: AE-9 smooth mode; see :func:`ae_sgdm`.
   """
-  specs = _adam_specs(learning_rate, b1, b2, eps, sigma,
-                      learning_rate_bounds, sigma_bounds, warm_start)
-  inner = injected(optax.adam, learning_rate=learning_rate, b1=b1, b2=b2,
-                   eps=eps)
+  alpha0, learning_rate_bounds, step_scale = _rate(
+      learning_rate, learning_rate_bounds, 1e-3)
+  specs = _adam_specs(alpha0, b1, b2, eps, sigma,
+                      learning_rate_bounds, sigma_bounds, warm_start,
+                      eps_bounds)
+  inner = injected(optax.adam, learning_rate=alpha0, b1=b1, b2=b2, eps=eps)
   return _finish(inner, specs, laws_chain, delayed=delayed, seed=seed,
-                 gains=gains, smooth=smooth)
+                 gains=gains, smooth=smooth, step_scale=step_scale)
 
 
-def ae_adamw(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
-             eps: float = 1e-8, weight_decay: float = 1e-4, *,
-             sigma: float = 0.0, learning_rate_bounds=None,
+def ae_adamw(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9,
+             b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 1e-4,
+             *, sigma: float = 0.0, learning_rate_bounds=None,
              warm_start: float = WARM_START,
-             weight_decay_bounds=None, sigma_bounds=None, laws_chain=None,
+             weight_decay_bounds=None, sigma_bounds=None, eps_bounds=None,
+             laws_chain=None,
              delayed: bool = False, seed: int = 0,
              gains: LawGains | None = None, smooth=False,
              ) -> optax.GradientTransformationExtraArgs:
@@ -521,12 +641,14 @@ def ae_adamw(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
     gains: a :class:`LawGains` (may be traced); see :func:`ae_sgdm`.
     smooth: AE-9 smooth mode; see :func:`ae_sgdm`.
   """
+  alpha0, learning_rate_bounds, step_scale = _rate(
+      learning_rate, learning_rate_bounds, 1e-3)
   specs = adamw_coefficients(
-      learning_rate, b1, b2, eps, weight_decay, sigma=sigma,
+      alpha0, b1, b2, eps, weight_decay, sigma=sigma,
       learning_rate_bounds=learning_rate_bounds,
       weight_decay_bounds=weight_decay_bounds, sigma_bounds=sigma_bounds,
-      warm_start=warm_start)
-  inner = injected(optax.adamw, learning_rate=learning_rate, b1=b1, b2=b2,
+      eps_bounds=eps_bounds, warm_start=warm_start)
+  inner = injected(optax.adamw, learning_rate=alpha0, b1=b1, b2=b2,
                    eps=eps, weight_decay=weight_decay)
   return _finish(inner, specs, laws_chain, delayed=delayed, seed=seed,
-                 gains=gains, smooth=smooth)
+                 gains=gains, smooth=smooth, step_scale=step_scale)

@@ -567,7 +567,8 @@ def consensus(opt_state: Any, weights: chex.Array, kappa,
       values[c.name] = c.from_z(z[c.name])
       written[c.name] = values[c.name]
     return s._replace(
-        controller=ctrl._replace(z=z, values=values),
+        controller=ctrl._replace(z=type(ctrl.z)(z),
+                                 values=type(ctrl.values)(values)),
         inner_state=write_hyperparams(s.inner_state, written))
 
   new_state = jax.tree.map(
