@@ -537,6 +537,8 @@ def hypergradient(coefficient: str = "learning_rate", *, gain=0.2,
 
   where :math:`d_{t-1}` is the direction of the step the base applied last
   (the momentum, preconditioned for Adam: ``ae.adapt`` measures ρ there).
+  A step whose gradient was clipped (``signals.clip < 1``, see
+  :class:`ae_jax.measurement.FilterConfig`) counts as ρ = −1, a reversal.
   The derivative of the loss with respect to :math:`\log\alpha` is
   :math:`-\alpha_{t-1} g_t^\top d_{t-1}`, so ρ > 0 says the last step was
   too short and ρ < 0 that it overshot. Dividing the filtered ρ by its RMS
@@ -584,6 +586,12 @@ def hypergradient(coefficient: str = "learning_rate", *, gain=0.2,
   def update_fn(updates, state, params=None, *, signals, **extra_args):
     del params, extra_args
     rho = jnp.asarray(signals.rho, state.mean.dtype)
+    # A clipped gradient (beyond FilterConfig.grad_clip times its running
+    # norm) reads as a full reversal: the norm jumps like that when the last
+    # steps overshot, while ρ measured against a momentum can still look
+    # aligned (the momentum averages out an oscillation across a narrow
+    # valley; ae_sgdm climbed out of Rosenbrock's valley without this).
+    rho = jnp.where(signals.clip < 1.0, -1.0, rho)
     mean, mean_hat = measurement.ema(state.mean, rho, decay, state.count,
                                      filter_mode)
     square, square_hat = measurement.ema(state.square, rho * rho,

@@ -227,6 +227,13 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
     raise ValueError("canonical_laws: pass eta inside the LawGains, not as "
                      "a separate argument")
   rows, steps = gains.drive, gains.eta
+  unknown = [n for n in names if n not in steps]
+  if unknown:
+    raise ValueError(
+        f"canonical_laws: no canonical gains for {unknown} (it knows "
+        f"{sorted(steps)}); build the chain for other coefficients from "
+        f"ae_jax.laws, e.g. optax.chain(ae.laws.drive(...), "
+        f"ae.laws.evolve(...))")
   chain = []
   if drive:
     chain.append(laws.drive({n: rows[n] for n in names if n in rows},
@@ -265,17 +272,29 @@ def _float32_at_least(tree) -> jnp.dtype:
   return dtype
 
 
-def injected(factory, **hyperparams) -> optax.GradientTransformationExtraArgs:
-  """``optax.inject_hyperparams(factory)(**hyperparams)`` whose hyperparameters
-  are never held below float32 (bfloat16 parameters would otherwise round
-  β2 = 0.999 to 1)."""
+def injected(factory, *, static_args: Sequence[str] = (),
+             **hyperparams) -> optax.GradientTransformationExtraArgs:
+  """``optax.inject_hyperparams(factory, static_args)(**hyperparams)`` whose
+  hyperparameters are never held below float32 (bfloat16 parameters would
+  otherwise round β2 = 0.999 to 1): the base to hand to :func:`ae_jax.adapt`.
+
+  Example::
+
+    inner = ae.injected(optax.adafactor, learning_rate=1e-2,
+                        static_args=("min_dim_size_to_factor",))
+  """
 
   def build(tree):
     return optax.inject_hyperparams(
-        factory, hyperparam_dtype=_float32_at_least(tree))(**hyperparams)
+        factory, static_args=tuple(static_args),
+        hyperparam_dtype=_float32_at_least(tree))(**hyperparams)
 
   def init_fn(params):
-    return build(params).init(params)
+    # Strongly typed leaves: inject_hyperparams holds integer hyperparameters
+    # (adafactor's decay_offset) weakly typed at init but not after an
+    # update, which would recompile a jitted step on its second call.
+    return jax.tree.map(lambda x: jnp.asarray(x, dtype=x.dtype),
+                        build(params).init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
     new_updates, new_state = build(updates).update(updates, state, params,
@@ -420,7 +439,10 @@ def _pinned_at_zero_or_log(name, value, bounds):
 
 
 def _sigma_spec(sigma, bounds):
-  # σ = 0 (the default) pins the noise off; no noise is drawn.
+  # σ = None or 0 (the default) pins the noise off; no noise is drawn. The
+  # default is None, not 0.0, so inject_hyperparams (which traces every
+  # numeric argument) leaves it static and the state identical.
+  sigma = 0.0 if sigma is None else sigma
   return _pinned_at_zero_or_log(
       SIGMA, sigma, _relative_bounds("sigma", sigma, bounds, 1e-3, 1e2))
 
@@ -441,7 +463,7 @@ def _finish(inner, specs, laws_chain, *, delayed, seed, gains, smooth,
 
 def ae_sgdm(learning_rate: optax.ScalarOrSchedule = 1e-1,
             momentum: float = 0.9, *,
-            sigma: float = 0.0, learning_rate_bounds=None,
+            sigma: float | None = None, learning_rate_bounds=None,
             warm_start: float = WARM_START,
             momentum_bounds=(0.0, 0.99), sigma_bounds=None,
             laws_chain=None, delayed: bool = False, seed: int = 0,
@@ -467,7 +489,7 @@ def ae_sgdm(learning_rate: optax.ScalarOrSchedule = 1e-1,
     learning_rate: initial α (EMA-momentum convention; a heavy-ball rate
       ``lr`` with momentum β corresponds to ``lr / (1 - β)``).
     momentum: initial β (EMA momentum, see :func:`ema_sgd`).
-    sigma: initial parameter-noise σ (0: no noise).
+    sigma: initial parameter-noise σ (``None`` or 0: no noise).
     learning_rate_bounds: Ω for α (default: 1e-6 α₀ to 1e4 α₀).
     warm_start: α begins at ``warm_start · learning_rate`` and climbs on
       its hypergradient (1 starts at the given rate).
@@ -506,7 +528,8 @@ def _check_common(*, warm_start, learning_rate_bounds, sigma_bounds,
                   **numbers_):
   """Type checks shared by the presets (names the field)."""
   for name, value in numbers_.items():
-    _check_number(name, value)
+    if not (name == "sigma" and value is None):
+      _check_number(name, value)
   _check_number("warm_start", warm_start)
   _check_bounds("learning_rate_bounds", learning_rate_bounds)
   if learning_rate_bounds is not None and not float(
@@ -544,7 +567,8 @@ def _adam_specs(learning_rate, b1, b2, eps, sigma, learning_rate_bounds,
 
 def adamw_coefficients(learning_rate: optax.ScalarOrSchedule = 1e-3,
                        b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-                       weight_decay: float = 1e-4, *, sigma: float = 0.0,
+                       weight_decay: float = 1e-4, *,
+                       sigma: float | None = None,
                        learning_rate_bounds=None, weight_decay_bounds=None,
                        sigma_bounds=None, eps_bounds=None,
                        warm_start: float = WARM_START) -> list[Coefficient]:
@@ -572,7 +596,7 @@ def adamw_coefficients(learning_rate: optax.ScalarOrSchedule = 1e-3,
 
 
 def ae_adam(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9,
-            b2: float = 0.999, eps: float = 1e-8, *, sigma: float = 0.0,
+            b2: float = 0.999, eps: float = 1e-8, *, sigma: float | None = None,
             learning_rate_bounds=None, warm_start: float = WARM_START,
             sigma_bounds=None, eps_bounds=None, laws_chain=None,
             delayed: bool = False, seed: int = 0,
@@ -590,7 +614,7 @@ def ae_adam(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9,
     b1: initial β1.
     b2: initial β2.
     eps: initial ε.
-    sigma: initial parameter-noise σ (0: no noise).
+    sigma: initial parameter-noise σ (``None`` or 0: no noise).
     learning_rate_bounds: Ω for α (default: 1e-6 α₀ to 1e4 α₀).
     warm_start: α begins at ``warm_start · learning_rate`` and climbs on
       its hypergradient (1 starts at the given rate).
@@ -613,7 +637,7 @@ def ae_adam(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9,
 
 def ae_adamw(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9,
              b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 1e-4,
-             *, sigma: float = 0.0, learning_rate_bounds=None,
+             *, sigma: float | None = None, learning_rate_bounds=None,
              warm_start: float = WARM_START,
              weight_decay_bounds=None, sigma_bounds=None, eps_bounds=None,
              laws_chain=None,
@@ -629,7 +653,7 @@ def ae_adamw(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9,
     eps: initial ε.
     weight_decay: initial λ (decoupled, as in ``optax.adamw``); 0 keeps it
       at 0.
-    sigma: initial parameter-noise σ (0: no noise).
+    sigma: initial parameter-noise σ (``None`` or 0: no noise).
     learning_rate_bounds: Ω for α (default: 1e-6 α₀ to 1e4 α₀).
     warm_start: α begins at ``warm_start · learning_rate`` and climbs on
       its hypergradient (1 starts at the given rate).
