@@ -13,6 +13,7 @@ Quick start::
 from ae_jax import laws
 from ae_jax import machine
 from ae_jax import meta
+from ae_jax import monitor
 from ae_jax import measurement
 from ae_jax import swarm
 from ae_jax.adapt import AdaptState, adapt, reseed, set_coefficients
@@ -33,6 +34,6 @@ __all__ = [
     "FilterConfig", "GradStats", "LawGains", "Signals", "adapt", "ae_adam",
     "ae_adamw", "ae_sgdm", "canonical_laws", "coefficients", "controller",
     "default_gains", "ema_sgd", "injected", "laws", "machine", "measurement",
-    "meta", "reference_agent", "reseed", "set_coefficients", "signals",
+    "meta", "monitor", "reference_agent", "reseed", "set_coefficients", "signals",
     "swarm",
 ]
