@@ -37,7 +37,8 @@ class Brake(NamedTuple):
       (``None``: never brake on the loss, as the reference in effect does).
     grad_limit: brake when ``‖g‖`` exceeds this or is not finite; with a
       gradient clip on (``FilterConfig.grad_clip``, the presets), such a
-      gradient is also scaled down to this norm.
+      gradient's step is skipped instead (the base sees a zero gradient),
+      and only a non-finite gradient brakes.
     nonfinite_grad: brake when the gradient had any non-finite entry (NaN
       included, which sanitising would otherwise hide; the reference does
       not).
@@ -287,8 +288,13 @@ def controller(coefficients: Sequence[Coefficient], laws, *,
     nonfinite = ~jnp.isfinite(sig.gnorm)
     if brake.nonfinite_grad:
       nonfinite = nonfinite | (stats.nonfinite > 0)
+    # With the gradient clip on, what reaches the base is the clipped
+    # gradient (an absurd one, above grad_limit, is skipped): the clip has
+    # answered in proportion, so only a non-finite gradient still brakes.
+    applied = sig.gnorm * sig.clip if filters.grad_clip is not None else (
+        sig.gnorm)
     fire = laws_lib.gate(
-        jnp.log(jnp.where(nonfinite, 1.0, sig.gnorm) / brake.grad_limit), temp)
+        jnp.log(jnp.where(nonfinite, 1.0, applied) / brake.grad_limit), temp)
     if brake.loss_limit is not None:
       nonfinite = nonfinite | ~jnp.isfinite(loss)
       size = jnp.maximum(jnp.abs(jnp.where(jnp.isfinite(loss), loss, 0.0)),

@@ -538,7 +538,8 @@ def hypergradient(coefficient: str = "learning_rate", *, gain=0.2,
   where :math:`d_{t-1}` is the direction of the step the base applied last
   (the momentum, preconditioned for Adam: ``ae.adapt`` measures ρ there).
   A step whose gradient was clipped (``signals.clip < 1``, see
-  :class:`ae_jax.measurement.FilterConfig`) counts as ρ = −1, a reversal.
+  :class:`ae_jax.measurement.FilterConfig`) while the loss rose above its
+  running mean counts as ρ = −1, a reversal.
   The derivative of the loss with respect to :math:`\log\alpha` is
   :math:`-\alpha_{t-1} g_t^\top d_{t-1}`, so ρ > 0 says the last step was
   too short and ρ < 0 that it overshot. Dividing the filtered ρ by its RMS
@@ -587,11 +588,14 @@ def hypergradient(coefficient: str = "learning_rate", *, gain=0.2,
     del params, extra_args
     rho = jnp.asarray(signals.rho, state.mean.dtype)
     # A clipped gradient (beyond FilterConfig.grad_clip times its running
-    # norm) reads as a full reversal: the norm jumps like that when the last
-    # steps overshot, while ρ measured against a momentum can still look
-    # aligned (the momentum averages out an oscillation across a narrow
-    # valley; ae_sgdm climbed out of Rosenbrock's valley without this).
-    rho = jnp.where(signals.clip < 1.0, -1.0, rho)
+    # norm) while the loss rises above its running mean reads as a full
+    # reversal: the last steps overshot, though ρ measured against a
+    # momentum can still look aligned (the momentum averages out an
+    # oscillation across a narrow valley; ae_sgdm climbed out of
+    # Rosenbrock's valley without this). A clipped gradient alone is not
+    # one: a spike, or gradients growing out of a tiny start, move no loss.
+    overshoot = (signals.clip < 1.0) & (signals.loss > signals.loss_mean)
+    rho = jnp.where(overshoot, -1.0, rho)
     mean, mean_hat = measurement.ema(state.mean, rho, decay, state.count,
                                      filter_mode)
     square, square_hat = measurement.ema(state.square, rho * rho,
@@ -759,7 +763,7 @@ def safety(coefficient: str = "learning_rate", *, margin=0.1, rate=0.05,
       \\ell^{\\mathrm{best}}_{t-1} + (1 - f)(\\mathrm{LP}(\\ell)_t
       - \\ell^{\\mathrm{best}}_{t-1})\\big)
 
-  The other laws read signals relative to their own running scale (T/|ΔT|,
+  The other laws read signals relative to their own running scale (T / ``mean |ΔT|``,
   V/V*, ρ), so a rate that is too high but finite, where the loss bounces
   on a high plateau, looks like a steady state to them and α stays put (the
   hyper-cliff of experiment 13). The energy of AE-10 is not allowed to rise:

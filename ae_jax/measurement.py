@@ -438,10 +438,11 @@ def measure(state: FilterState, config: FilterConfig, loss, stats: GradStats,
     loss: scalar loss of this step (may be non-finite: it is sanitised).
     stats: :func:`gradient_stats` of this step's (sanitised) gradient.
     reward: optional scalar reward.
-    grad_limit: with ``config.grad_clip`` on, a gradient whose norm exceeds
-      this absolute limit (the brake's) is also scaled down to it, the first
-      one included, so one absurd gradient neither reaches the base at full
-      size nor raises the running norm the relative clip reads.
+    grad_limit: with ``config.grad_clip`` on, a finite gradient whose norm
+      exceeds this absolute limit (the brake's) is absurd: its step is
+      skipped (``clip = 0``, the base sees a zero gradient), the first one
+      included, and it does not enter the running norm the relative clip
+      reads.
 
   Returns:
     ``(signals, new_state)``. ``signals.gamma`` and ``signals.brake`` are
@@ -496,14 +497,17 @@ def measure(state: FilterState, config: FilterConfig, loss, stats: GradStats,
     limit = config.grad_clip * state.G / jnp.maximum(
         1.0 - jnp.asarray(config.grad_norm, dtype) ** count.astype(dtype),
         _TINY)
-    clip = jnp.where(first | ~jnp.isfinite(gnorm), 1.0,
+    # No limit before the first gradient that entered the running norm.
+    clip = jnp.where((state.G <= 0) | ~jnp.isfinite(gnorm), 1.0,
                      jnp.minimum(1.0, limit / gnorm))
-    if grad_limit is not None:
-      clip = jnp.where(jnp.isfinite(gnorm),
-                       jnp.minimum(clip, grad_limit / gnorm), clip)
+  absurd = jnp.zeros([], bool)
+  if config.grad_clip is not None and grad_limit is not None:
+    absurd = jnp.isfinite(gnorm) & (gnorm > grad_limit)
+    clip = jnp.where(absurd, 0.0, clip)
   g_acc = optax.tree.update_moment(jnp.where(jnp.isfinite(gnorm),
                                              clip * gnorm, 0.0),
                                    state.G, config.grad_norm, order=1)
+  g_acc = jnp.where(absurd, state.G, g_acc)
   ref_norm = safe_sqrt(stats.ref_sumsq)
   rho = jnp.where(
       ref_norm > 0,

@@ -133,6 +133,8 @@ class Reparam(NamedTuple):
 
 
 def zeros_like_gains(base: presets.LawGains) -> Reparam:
+  """The :class:`Reparam` that reproduces ``base`` exactly (every
+  unconstrained offset 0): the starting point of meta-training."""
   return Reparam(jax.tree.map(jnp.zeros_like, base))
 
 

@@ -79,18 +79,35 @@ def test_orbax_round_trip_resumes_bit_identically(name, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
-def test_orbax_round_trip_through_nnx_state(tmp_path):
+def test_orbax_round_trip_through_nnx_state_resumes_bit_identically(tmp_path):
   ocp = pytest.importorskip("orbax.checkpoint")
   nnx = pytest.importorskip("flax.nnx")
-  model = nnx.Linear(300, 300, rngs=nnx.Rngs(0))
-  optimizer = nnx.Optimizer(model, ae.ae_adamw(), wrt=nnx.Param)
-  state = nnx.state(optimizer)
+  x = jnp.ones((4, 300))
+  loss_fn = lambda m: jnp.mean((m(x) - 1.0) ** 2)
+
+  def build(seed):
+    model = nnx.Linear(300, 300, rngs=nnx.Rngs(seed))  # 90,300 parameters
+    return model, nnx.Optimizer(model, ae.ae_adamw(), wrt=nnx.Param)
+
+  def train(model, optimizer, steps):
+    for _ in range(steps):
+      loss, grads = nnx.value_and_grad(loss_fn)(model)
+      optimizer.update(model, grads, value=loss)
+
+  model, optimizer = build(0)
+  train(model, optimizer, 3)
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(tmp_path / "nnx", state)
+  checkpointer.save(tmp_path / "nnx", nnx.state((model, optimizer)))
   checkpointer.wait_until_finished()
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  restored = checkpointer.restore(tmp_path / "nnx", abstract)
-  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+  model2, optimizer2 = build(1)
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
+                          nnx.state((model2, optimizer2)))
+  nnx.update((model2, optimizer2),
+             checkpointer.restore(tmp_path / "nnx", abstract))
+  train(model, optimizer, 3)
+  train(model2, optimizer2, 3)
+  for a, b in zip(jax.tree.leaves(nnx.state((model, optimizer))),
+                  jax.tree.leaves(nnx.state((model2, optimizer2)))):
     np.testing.assert_array_equal(a, b)
 
 
