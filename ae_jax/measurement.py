@@ -272,9 +272,53 @@ def _leaf_sums(g, m, dtype, inf_value, bound):
   return sums + [jnp.sum(g * m), jnp.sum(m * m), nonfinite]
 
 
+# Statistics over at most this many elements (every preset's: exact up to
+# STATS_SAMPLE = 65,536 elements, sampled above) are reduced as one
+# concatenated vector: five reductions, whatever the number of leaves, where
+# per-leaf reductions made compile time grow with the pytree (10.4 s against
+# 1.4 s at 400 leaves). Larger exact statistics keep per-leaf sums, which
+# need no copy.
+CONCAT_LIMIT = 2**20
+
+
+def _explicitly_sharded(x) -> bool:
+  mesh = getattr(getattr(jax.typeof(x), "sharding", None), "mesh", None)
+  return (mesh is not None and not mesh.empty
+          and jax.sharding.AxisType.Explicit in tuple(mesh.axis_types))
+
+
+def _flat(x):
+  """``x`` as a vector; an Explicitly sharded leaf is replicated first (it
+  cannot be reshaped in place; only small statistics come here)."""
+  if _explicitly_sharded(x):
+    x = jax.sharding.reshard(x, jax.sharding.PartitionSpec())
+  return jnp.ravel(x)
+
+
+def _concatenated_stats(pairs, dtype, inf_value, bound):
+  """The sums of :func:`_leaf_sums` over all ``pairs`` at once, each
+  element weighted by its leaf's extrapolation scale."""
+  g = jnp.concatenate([_flat(g).astype(dtype) for g, _, _ in pairs])
+  weight = jnp.concatenate([jnp.full([x.size], scale, dtype)
+                            for x, _, scale in pairs])
+  nonfinite = jnp.sum(~jnp.isfinite(g)).astype(dtype)
+  g = clamp(jnp.nan_to_num(g, nan=0.0, posinf=inf_value, neginf=-inf_value),
+            bound)
+  wg = weight * g
+  sums = [jnp.sum(wg), jnp.sum(wg * g)]
+  if pairs[0][1] is None:
+    return sums + [jnp.zeros([], dtype)] * 2 + [nonfinite]
+  m = jnp.concatenate([_flat(m).astype(dtype) for _, m, _ in pairs])
+  m = clamp(jnp.nan_to_num(m), bound)
+  return sums + [jnp.sum(wg * m), jnp.sum(weight * m * m), nonfinite]
+
+
 def _stats(pairs, size, dtype, inf_value) -> GradStats:
-  totals = [jnp.zeros([], dtype) for _ in range(5)]
   bound = overflow_bound(size, dtype)
+  if pairs and sum(g.size for g, _, _ in pairs) <= CONCAT_LIMIT:
+    return GradStats(jnp.asarray(size, dtype),
+                     *_concatenated_stats(pairs, dtype, inf_value, bound))
+  totals = [jnp.zeros([], dtype) for _ in range(5)]
   for g, m, scale in pairs:
     sums = _leaf_sums(g, m, dtype, inf_value, bound)
     scales = [scale] * 4 + [1.0]  # counts are not extrapolated
