@@ -281,16 +281,19 @@ def _leaf_sums(g, m, dtype, inf_value, bound):
 CONCAT_LIMIT = 2**20
 
 
-def _explicitly_sharded(x) -> bool:
+def _explicit_mesh(x):
+  """The mesh of ``x`` if an Explicit axis shards it, else None."""
   mesh = getattr(getattr(jax.typeof(x), "sharding", None), "mesh", None)
-  return (mesh is not None and not mesh.empty
-          and jax.sharding.AxisType.Explicit in tuple(mesh.axis_types))
+  if (mesh is not None and not mesh.empty
+      and jax.sharding.AxisType.Explicit in tuple(mesh.axis_types)):
+    return mesh
+  return None
 
 
 def _flat(x):
   """``x`` as a vector; an Explicitly sharded leaf is replicated first (it
   cannot be reshaped in place; only small statistics come here)."""
-  if _explicitly_sharded(x):
+  if _explicit_mesh(x) is not None:
     x = jax.sharding.reshard(x, jax.sharding.PartitionSpec())
   return jnp.ravel(x)
 
@@ -410,9 +413,8 @@ def _gather(x, index):
   """``x[index]`` (a tuple of integer arrays), replicated: under an
   Explicit mesh axis a gather from a sharded leaf must say where its result
   lives."""
-  mesh = getattr(getattr(jax.typeof(x), "sharding", None), "mesh", None)
-  if (mesh is not None and not mesh.empty
-      and jax.sharding.AxisType.Explicit in tuple(mesh.axis_types)):
+  mesh = _explicit_mesh(x)
+  if mesh is not None:
     return x.at[index].get(out_sharding=jax.sharding.NamedSharding(
         mesh, jax.sharding.PartitionSpec()))
   return x[index]
