@@ -521,15 +521,17 @@ class HypergradientState(NamedTuple):
 
 def hypergradient(coefficient: str = "learning_rate", *, gain=0.2,
                   min_gain=None, grow=1.2, shrink=0.5, decay=0.7,
-                  square_decay=0.99, filter_mode: str = "debiased",
+                  square_decay=0.99, reversal_weight=1.0,
+                  filter_mode: str = "debiased",
                   smooth=False) -> optax.GradientTransformationExtraArgs:
   r"""The step size follows the sign of its own hypergradient (AE-5 phase term).
 
   .. math::
 
-    h_t = \frac{\mathrm{LP}_{\beta}(\rho_t)}{\sqrt{\max(\mathrm{LP}_{\beta_2}(\rho_t^2),
-      \mathrm{LP}_{\beta}(\rho_t)^2)}},
-    \qquad \rho_t = \cos\angle(g_t, d_{t-1}),\qquad
+    h_t = \frac{\mathrm{LP}_{\beta}(\tilde\rho_t)}{\sqrt{\max(
+      \mathrm{LP}_{\beta_2}(\tilde\rho_t^2), \mathrm{LP}_{\beta}(\tilde\rho_t)^2)}},
+    \qquad \tilde\rho_t = \rho_t\,(1 + (w - 1)[\rho_t < 0]),\qquad
+    \rho_t = \cos\angle(g_t, d_{t-1}),\qquad
     \Delta\log\alpha_t \mathrel{+}= \kappa_t h_t,
 
     \kappa_{t+1} = \Pi_{[\kappa_{\min}, \kappa_{\max}]}\big(\kappa_t \cdot
@@ -558,6 +560,11 @@ def hypergradient(coefficient: str = "learning_rate", *, gain=0.2,
     shrink: factor of κ when the sign of h flips.
     decay: decay of the EMA of ρ.
     square_decay: decay of the EMA of ρ².
+    reversal_weight: w ≥ 1, the weight of a reversal (ρ < 0) against an
+      alignment. The greedy hypergradient's equilibrium overestimates the
+      rate that is best over a horizon when gradients are noise-dominated
+      (Wu et al. 2018); w > 1 moves it down. With consistent signs h is ±1
+      whatever w, so the climb from a bad start keeps its speed.
     filter_mode: EMA flavour, see :class:`ae_jax.measurement.FilterConfig`.
     smooth: AE-9: the sign test becomes ``sigmoid(h_t h_{t-1} / τ)``;
       ``True`` uses :data:`DEFAULT_TEMPERATURE`.
@@ -570,11 +577,15 @@ def hypergradient(coefficient: str = "learning_rate", *, gain=0.2,
     Descent <https://arxiv.org/abs/1703.04782>`_, ICLR 2018;
     Riedmiller and Braun, `A direct adaptive method for faster
     backpropagation learning: the RPROP algorithm
-    <https://doi.org/10.1109/ICNN.1993.298623>`_, ICNN 1993.
+    <https://doi.org/10.1109/ICNN.1993.298623>`_, ICNN 1993;
+    Wu, Ren, Liao and Grosse, `Understanding Short-Horizon Bias in
+    Stochastic Meta-Optimization <https://arxiv.org/abs/1803.02021>`_,
+    ICLR 2018.
   """
   temp = temperature(smooth)
   check_positive("ae_jax.laws.hypergradient: ", gain=gain, grow=grow,
-                 shrink=shrink, min_gain=min_gain)
+                 shrink=shrink, min_gain=min_gain,
+                 reversal_weight=reversal_weight)
 
   def init_fn(params):
     _check_names("hypergradient", [coefficient], params)
@@ -596,6 +607,11 @@ def hypergradient(coefficient: str = "learning_rate", *, gain=0.2,
     # one: a spike, or gradients growing out of a tiny start, move no loss.
     overshoot = (signals.clip < 1.0) & (signals.loss > signals.loss_mean)
     rho = jnp.where(overshoot, -1.0, rho)
+    # Reversals weigh ``reversal_weight`` times more than alignments: the
+    # one-step (greedy) hypergradient equilibrium sits above the rate that is
+    # best over a horizon when the gradient is noise-dominated (short-horizon
+    # bias), so α settles where aligned steps outweigh reversals w to 1.
+    rho = jnp.where(rho < 0, reversal_weight * rho, rho)
     mean, mean_hat = measurement.ema(state.mean, rho, decay, state.count,
                                      filter_mode)
     square, square_hat = measurement.ema(state.square, rho * rho,

@@ -72,6 +72,8 @@ GRAD_CLIP = 4.0
 # (its Rprop-like gain starts there), and the decay of its ρ filter.
 CANONICAL_HYPERGRADIENT = 0.2
 HYPERGRADIENT_DECAY = 0.5
+# Reversals count twice (docs/laws.md, "Reversal weight").
+HYPERGRADIENT_REVERSAL_WEIGHT = 2.0
 # Ω of α relative to the given rate α₀, and the warm start: α begins at
 # WARM_START · α₀ and climbs on the hypergradient (a decade in ~12 steps).
 LEARNING_RATE_RANGE = (1e-6, 1e4)
@@ -172,6 +174,7 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
                    gauge: bool = False, coupling: bool = False,
                    drive: bool | None = None, safety: bool = False,
                    safety_forget: float = 1.0, gauge_warmup: int = 50,
+                   reversal_weight: float = HYPERGRADIENT_REVERSAL_WEIGHT,
                    gains: Mapping[str, laws.DriveGains] | LawGains | None = None,
                    eta: Mapping[str, float] | None = None,
                    smooth=False) -> optax.GradientTransformationExtraArgs:
@@ -201,6 +204,10 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
     safety_forget: the safety law's ``forget`` (1: its best level is a
       running minimum; below 1 it forgets upward, see ``docs/laws.md``).
     gauge_warmup: steps before the gauge calibrates γ*.
+    reversal_weight: the step-size law's weight of a reversal against an
+      alignment (:func:`ae_jax.laws.hypergradient`). Use 1 around a sign
+      base (Lion, signSGD): a coordinate at its optimum reverses at any α
+      there, so a reversal says less about α.
     gains: a :class:`LawGains` (every gain, may be traced: AE-9), or
       overrides of :data:`CANONICAL_DRIVE` rows.
     eta: overrides of :data:`CANONICAL_ETA` (with a mapping ``gains``).
@@ -246,8 +253,9 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
     chain.append(laws.coupling(gains.coupling, pair))
   chain.append(laws.evolve({n: steps[n] for n in names if n in steps}))
   if hypergradient and step_size in names:
-    chain.append(laws.hypergradient(step_size, gain=gains.hypergradient,
-                                    decay=HYPERGRADIENT_DECAY))
+    chain.append(laws.hypergradient(
+        step_size, gain=gains.hypergradient, decay=HYPERGRADIENT_DECAY,
+        reversal_weight=reversal_weight))
   if gauge and step_size in names:
     chain.append(laws.gauge(step_size, eta=gains.gauge, warmup=gauge_warmup,
                             calibration=1.0))

@@ -71,7 +71,7 @@ LOSS_FLOOR = 1e-12   # losses below count as this (no division by zero)
 
 BASE_TASKS = ("regression", "quadratic", "rosenbrock", "deep_linear",
               "digits_cnn", "mnist1d_cnn", "char_lm")
-TUNING_TASKS = ("regression", "deep_linear", "digits_cnn")
+TUNING_TASKS = ("regression", "quadratic", "deep_linear", "digits_cnn")
 DEFAULT_METHODS = ("ae_sgdm", "ae_adam", "ae_adamw", "adamw", "sgdm",
                    "prodigy", "dadapt_adamw", "mechanize_adam", "dog", "cocob",
                    "schedule_free_adamw", "adamw_plateau", "tox_spsa")
