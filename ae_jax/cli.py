@@ -13,6 +13,7 @@ Usage::
   ae-jax machine                   # the AE machine: quadratic and tape
   ae-jax swarm                     # AE-Swarm: the reference example, 5 seeds
   ae-jax swarm --seeds 2 --rounds 2 --total-steps 400
+  ae-jax swarm --spread --seeds 5  # the spread case vs Optuna, PBT, ...
   ae-jax compare --task regression --optimizers adamw,ae_adamw --seeds 5
   python -m ae_jax demo --no-plot
 """
@@ -112,9 +113,40 @@ def _add_machine(subparsers) -> None:
   p.set_defaults(handler=_run_machine)
 
 
+SPREAD_PROFILES = {"quick": dict(pop_size=8, steps=400, rounds=8),
+                   "full": dict(pop_size=16, steps=3000, rounds=10)}
+
+
+def _run_spread(args: argparse.Namespace) -> int:
+  from ae_jax import swarm_spread
+
+  kw = dict(SPREAD_PROFILES[args.profile])
+  if args.pop_size_given:
+    kw["pop_size"] = args.pop_size
+  if args.steps is not None:
+    kw["steps"] = args.steps
+  try:
+    results = swarm_spread.compare(
+        tasks=args.tasks.split(","), settings=args.settings.split(","),
+        seeds=range(args.seeds), beta=args.beta, **kw,
+        log=None if args.no_progress else print)
+  except ValueError as e:
+    print(f"ae-jax swarm --spread: {e}", file=sys.stderr)
+    return 2
+  print(swarm_spread.table(results))
+  print(f"\nswarm/best-baseline best validation loss ratio: "
+        f"{swarm_spread.ratio(results):.4g}")
+  return 0
+
+
 def _run_swarm(args: argparse.Namespace) -> int:
   from ae_jax import swarm_demo
 
+  args.pop_size_given = args.pop_size is not None
+  if args.spread:
+    return _run_spread(args)
+  if args.pop_size is None:
+    args.pop_size = 4
   try:
     swarm_demo.run_example(
         seeds=args.seeds, out=args.out, progress=not args.no_progress,
@@ -140,8 +172,24 @@ def _add_swarm(subparsers) -> None:
           "and mean validation loss per round with 95%% intervals."))
   p.add_argument("--seeds", type=_positive_int, default=5,
                  help="seeds (data + initialisation) (default: %(default)s)")
-  p.add_argument("--pop-size", type=_positive_int, default=4,
-                 help="members M (default: %(default)s)")
+  p.add_argument("--spread", action="store_true",
+                 help="the spread case instead: 8 members over 4 decades of "
+                      "rates (and spread beta1 / weight decay) on regression, "
+                      "a digits CNN and a character LM, against independent "
+                      "AE runs, Optuna with successive halving, PBT and the "
+                      "best fixed rate in hindsight, at equal total steps")
+  p.add_argument("--profile", choices=sorted(SPREAD_PROFILES),
+                 default="quick", help="--spread sizes (default: %(default)s;"
+                 " full: 16 members, 3000 steps each, for a GPU)")
+  p.add_argument("--tasks", default="regression,digits_cnn,char_lm",
+                 help="--spread tasks (default: %(default)s)")
+  p.add_argument("--steps", type=_positive_int, default=None,
+                 help="--spread: steps per member, T = M x steps (default: "
+                      "the profile's; a multiple of its rounds)")
+  p.add_argument("--settings", default="rates,coefficients",
+                 help="--spread settings (default: %(default)s)")
+  p.add_argument("--pop-size", type=_positive_int, default=None,
+                 help="members M (default: 4; --spread: the profile's)")
   p.add_argument("--rounds", type=_positive_int, default=6,
                  help="rounds (default: %(default)s)")
   p.add_argument("--total-steps", type=_positive_int, default=4000,

@@ -6,8 +6,11 @@ on a leading *population* axis and trained in rounds (theory, "AE-Swarm"):
 1. member i trains :math:`B_i` steps;
 2. its score :math:`s_i` is the mean loss on the validation set (lower is
    better);
-3. soft selection: :math:`w = \\mathrm{softmax}(-\\beta s)` (a member whose
-   score is not finite, one that diverged, gets weight 0);
+3. soft selection: :math:`w = \\mathrm{softmax}(-\\beta u)` of scale-free
+   selection scores ``u`` (by default the member's rank over [0, 1],
+   :func:`selection_scores`; the theory's raw ``s - min s`` is
+   ``selection="raw"``); a member whose score is not finite, one that
+   diverged, gets weight 0;
 4. budgets: :math:`B_i' = \\max(B_{\\min}, \\mathrm{round}(w_i B_{\\rm tot}))`
    with :math:`\\sum_i B_i' = B_{\\rm tot}` exactly (:func:`allocate_budgets`);
 5. consensus of the coefficients only (:func:`consensus`):
@@ -88,7 +91,10 @@ class SwarmConfig:
       together.
     min_steps: :math:`B_{\\min}`, the floor of a member's budget
       (``pop_size * min_steps <= total_steps``).
-    beta: β, the selection temperature of ``softmax(-β s)`` (0: uniform).
+    beta: β, the selection temperature of ``softmax(-β u)`` (0: uniform).
+    selection: how scores become ``u`` (:func:`selection_scores`):
+      ``"rank"`` (default, scale-free), ``"standardized"`` or ``"raw"``
+      (the theory's ``s - min s``, in the loss's units).
     kappa: κ ∈ [0, 1], the consensus step (0: no consensus).
     dither: σ_d ≥ 0 of the rejuvenation dither (0: off).
     batch_size: training minibatch size.
@@ -105,6 +111,7 @@ class SwarmConfig:
   total_steps: int = 4000
   min_steps: int = 400
   beta: float = 5.0
+  selection: str = "rank"
   kappa: float = 0.05
   dither: float = 0.0
   batch_size: int = 128
@@ -129,6 +136,9 @@ class SwarmConfig:
     if not (math.isfinite(self.beta) and self.beta >= 0):
       raise ValueError(f"SwarmConfig.beta must be finite and >= 0, got "
                        f"{self.beta}")
+    if self.selection not in SELECTIONS:
+      raise ValueError(f"SwarmConfig.selection must be one of {SELECTIONS}, "
+                       f"got {self.selection!r}")
     if not 0.0 <= self.kappa <= 1.0:
       raise ValueError(f"SwarmConfig.kappa must lie in [0, 1], got "
                        f"{self.kappa}")
@@ -214,6 +224,48 @@ def ae_adamw_family(learning_rate: float = 3e-4, b1: float = 0.9,
     return presets.ae_adamw(prior["learning_rate"], b1, b2, eps,
                             weight_decay, learning_rate_bounds=bounds,
                             warm_start=1.0, laws_chain=chain)
+
+  return Family(make=make, coefficients=specs)
+
+
+def self_tuning_family(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                       weight_decay: float = 1e-4, *,
+                       learning_rate_bounds: tuple[float, float] = (1e-7, 10.0),
+                       weight_decay_bounds: tuple[float, float] = (1e-7, 1.0),
+                       ) -> Family:
+  """AE-AdamW members with the canonical self-tuning chain
+  (:func:`ae_jax.ae_adamw`'s default laws) and per-member priors.
+
+  A prior is a dict of scalars per member: ``learning_rate`` (required,
+  the member's initial α; no warm start below it) and, optionally, ``b1``
+  and ``weight_decay`` (else the arguments here). The canonical chain moves
+  α only; β1 and λ stay where the prior and the consensus put them. Ω is
+  the same for every member and wide enough for a population spread over
+  decades.
+
+  Args:
+    b1: β1 of members without a ``b1`` prior.
+    b2: β2 of every member.
+    eps: ε of every member.
+    weight_decay: λ of members without a ``weight_decay`` prior (> 0).
+    learning_rate_bounds: Ω of α.
+    weight_decay_bounds: Ω of λ.
+  """
+  if not weight_decay > 0:
+    raise ValueError(f"self_tuning_family: weight_decay must be positive, "
+                     f"got {weight_decay}")
+  lo, hi = learning_rate_bounds
+  specs = tuple(presets.adamw_coefficients(
+      math.sqrt(lo * hi), b1, b2, eps, weight_decay,
+      learning_rate_bounds=learning_rate_bounds,
+      weight_decay_bounds=weight_decay_bounds, warm_start=1.0))
+
+  def make(prior):
+    return presets.ae_adamw(
+        prior["learning_rate"], prior.get("b1", b1), b2, eps,
+        prior.get("weight_decay", weight_decay),
+        learning_rate_bounds=learning_rate_bounds,
+        weight_decay_bounds=weight_decay_bounds, warm_start=1.0)
 
   return Family(make=make, coefficients=specs)
 
@@ -433,8 +485,58 @@ def scores(pop: Population, data: Data, loss_fn: Callable) -> chex.Array:
 # Selection, budgets, consensus, rejuvenation.
 
 
-def swarm_weights(scores_: chex.Array, beta) -> tuple[chex.Array, chex.Array]:
-  """Soft selection :math:`w = \\mathrm{softmax}(-\\beta (s - \\min s))`.
+SELECTIONS = ("rank", "standardized", "raw")
+
+
+def selection_scores(scores_: chex.Array, selection: str = "rank"
+                     ) -> chex.Array:
+  """Scores mapped to a scale-free ``u ≥ 0`` (0 for the best member), so
+  that β of :func:`swarm_weights` means the same at any loss scale.
+
+  * ``"rank"`` (default): :math:`u_i = r_i / (M_f - 1)`, the member's rank
+    among the :math:`M_f` finite scores over ``[0, 1]`` (fitness shaping, as
+    in evolution strategies): invariant to any increasing transform of the
+    loss; ties share their mean rank.
+  * ``"standardized"``: :math:`u_i = (s_i - \\min s) / \\mathrm{std}(s)`
+    over the finite scores (0 for all when they are equal): invariant to
+    shift and scale.
+  * ``"raw"``: the theory's :math:`s_i - \\min s`, in the loss's units
+    (β = 5 and scores differing by 1e-4 give uniform weights).
+
+  Non-finite scores map to +inf.
+  """
+  if selection not in SELECTIONS:
+    raise ValueError(f"selection must be one of {SELECTIONS}, got "
+                     f"{selection!r}")
+  s = jnp.asarray(scores_)
+  finite = jnp.isfinite(s)
+  any_finite = finite.any()
+  best = jnp.where(any_finite, jnp.min(jnp.where(finite, s, jnp.inf)), 0.0)
+  gap = jnp.where(finite, s - best, 0.0)
+  if selection == "raw":
+    u = gap
+  elif selection == "standardized":
+    n = jnp.maximum(jnp.sum(finite), 1)
+    mean = jnp.sum(gap) / n
+    var = jnp.sum(jnp.where(finite, (gap - mean) ** 2, 0.0)) / n
+    std = jnp.sqrt(var)
+    u = jnp.where(std > 0, gap / jnp.where(std > 0, std, 1.0), 0.0)
+  else:
+    # Mean rank among the finite scores: below + half the other ties.
+    fi = finite[:, None] & finite[None, :]
+    below = jnp.sum(fi & (gap[None, :] < gap[:, None]), axis=1)
+    ties = jnp.sum(fi & (gap[None, :] == gap[:, None]), axis=1) - 1
+    rank = below + 0.5 * ties
+    n = jnp.sum(finite)
+    u = rank / jnp.maximum(n - 1, 1)
+  return jnp.where(finite, u, jnp.inf)
+
+
+def swarm_weights(scores_: chex.Array, beta, selection: str = "raw"
+                  ) -> tuple[chex.Array, chex.Array]:
+  """Soft selection :math:`w = \\mathrm{softmax}(-\\beta u)` of the
+  selection scores ``u`` (:func:`selection_scores`; ``"raw"``:
+  :math:`u = s - \\min s`, the theory's form).
 
   A non-finite score (a diverged member) gets weight exactly 0 and is
   reported in the returned mask; the others share the weight. When every
@@ -444,11 +546,9 @@ def swarm_weights(scores_: chex.Array, beta) -> tuple[chex.Array, chex.Array]:
   Returns:
     ``(weights, diverged)``, both of shape ``[M]``.
   """
-  s = jnp.asarray(scores_)
-  finite = jnp.isfinite(s)
-  best = jnp.min(jnp.where(finite, s, jnp.inf))
-  logits = jnp.where(finite, -beta * (s - jnp.where(finite.any(), best, 0.0)),
-                     -jnp.inf)
+  finite = jnp.isfinite(jnp.asarray(scores_))
+  u = selection_scores(scores_, selection)
+  logits = jnp.where(finite, -beta * jnp.where(finite, u, 0.0), -jnp.inf)
   safe = jnp.where(finite.any(), logits, 0.0)
   w = jnp.where(finite, jax.nn.softmax(safe), 0.0)
   return w, ~finite
@@ -646,7 +746,7 @@ def make_round(config: SwarmConfig, family: Family, loss_fn: Callable, *,
                             loss_fn=loss_fn, batch_size=config.batch_size,
                             mode=config.mode, chunk=config.chunk)
     s = scores(pop, data, loss_fn)
-    w, diverged = swarm_weights(s, config.beta)
+    w, diverged = swarm_weights(s, config.beta, config.selection)
     opt_state, means = consensus(pop.opt_state, w, config.kappa,
                                  family.coefficients, config.consensus)
     pop = pop._replace(opt_state=opt_state)

@@ -1,0 +1,99 @@
+"""Scale-free selection and the spread case (``ae-jax swarm --spread``)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ae_jax as ae
+from ae_jax import cli, swarm, swarm_spread
+
+
+@pytest.mark.parametrize("selection", ["rank", "standardized"])
+def test_selection_is_scale_free(selection):
+  s = jnp.array([0.1001, 0.1003, 0.1002, 0.1000])
+  w, _ = swarm.swarm_weights(s, 5.0, selection)
+  w_scaled, _ = swarm.swarm_weights(1e4 * s + 7.0, 5.0, selection)
+  np.testing.assert_allclose(w, w_scaled, rtol=2e-3)  # float32 of 1e4 s
+  # Scores 1e-4 apart still separate (raw: uniform to 3 decimals).
+  assert w[3] > 2 * w[1]
+  w_raw, _ = swarm.swarm_weights(s, 5.0, "raw")
+  np.testing.assert_allclose(w_raw, 0.25, atol=1e-3)
+
+
+def test_rank_scores_hand_computed():
+  s = jnp.array([3.0, 1.0, jnp.nan, 2.0, 2.0])
+  u = swarm.selection_scores(s, "rank")
+  # finite: 1 (rank 0), 2, 2 (tied: 1.5), 3 (rank 3); M_f - 1 = 3.
+  np.testing.assert_allclose(u, [1.0, 0.0, np.inf, 0.5, 0.5])
+  w, diverged = jax.jit(swarm.swarm_weights, static_argnums=2)(s, 2.0, "rank")
+  e = np.exp(-2.0 * np.array([1.0, 0.0, 0.5, 0.5]))
+  np.testing.assert_allclose(np.asarray(w)[[0, 1, 3, 4]], e / e.sum(),
+                             rtol=1e-6)
+  assert w[2] == 0 and diverged[2]
+
+
+def test_standardized_equal_scores_are_uniform():
+  w, _ = swarm.swarm_weights(jnp.full([4], 0.3), 5.0, "standardized")
+  np.testing.assert_allclose(w, 0.25, rtol=1e-6)
+
+
+def test_selection_validated():
+  with pytest.raises(ValueError, match="SwarmConfig.selection"):
+    swarm.SwarmConfig(selection="softmax")
+  with pytest.raises(ValueError, match="selection"):
+    swarm.selection_scores(jnp.ones(3), "best")
+
+
+def test_self_tuning_family_takes_per_member_b1_and_weight_decay():
+  family = swarm.self_tuning_family()
+  priors = {k: jnp.asarray(v) for k, v in
+            swarm_spread.starts("coefficients", 4).items()}
+  pop = swarm.init_population(jax.random.PRNGKey(0),
+                              lambda k: swarm.init_mlp(k, (10, 8, 1)),
+                              family, priors)
+  values = swarm.member_coefficients(pop.opt_state)
+  for name in ("learning_rate", "b1", "weight_decay"):
+    np.testing.assert_allclose(values[name], priors[name], rtol=1e-5)
+  # Four decades of rates, β1 and λ shuffled against them.
+  np.testing.assert_allclose(np.asarray(priors["learning_rate"])[[0, -1]],
+                             [1e-5, 1e-1],
+                             rtol=1e-5)
+  assert not np.all(np.diff(np.asarray(priors["b1"])) > 0)
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "char_lm"])
+def test_spread_tasks_build_and_have_a_finite_loss(name):
+  task = swarm_spread.TASK_BUILDERS[name]()
+  params = task.init_params(jax.random.PRNGKey(0))
+  loss = task.loss_fn(params, task.data.x_val[:16], task.data.y_val[:16])
+  # Near log(10) / log(vocab) at initialisation: a classification loss.
+  assert np.isfinite(loss) and 1.0 < float(loss) < 8.0
+
+
+def test_pbt_replaces_a_diverged_member():
+  task = swarm_spread.regression_task()
+  hp = {"learning_rate": np.array([1e-3, 3e-3, 1e-2, 1e3], np.float32)}
+  best = swarm_spread.run_pbt(task, jax.random.PRNGKey(0), hp, steps=40,
+                              rounds=4)
+  assert math.isfinite(best)
+
+
+def test_cli_spread_runs_every_method_and_prints_the_ratio_last(capsys):
+  # The "coefficients" setting: β1 and λ spread too (Optuna's and PBT's
+  # wider search), every method once at a tiny size.
+  code = cli.main(["swarm", "--spread", "--seeds", "1", "--tasks",
+                   "regression", "--settings", "coefficients", "--pop-size",
+                   "4",
+                   "--steps", "48",
+                   "--no-progress"])
+  text = capsys.readouterr().out
+  out = text.strip().splitlines()
+  assert code == 0
+  for m in swarm_spread.METHODS:
+    assert f"| {m} | " in text, m
+  assert "nan ±" not in text and "inf ±" not in text
+  assert out[-1].startswith("swarm/best-baseline best validation loss ratio:")
+  float(out[-1].split(":")[1])
