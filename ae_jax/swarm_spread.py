@@ -29,6 +29,7 @@ member or trial), over seeds with a 95 % Student t interval.
 
 from __future__ import annotations
 
+import functools
 import math
 import pathlib
 import sysconfig
@@ -198,6 +199,17 @@ def _set_hyperparams(opt_state, hp):
   return opt_state._replace(hyperparams=new)
 
 
+# Compiled functions per task object (one compilation serves every seed).
+_COMPILED: dict = {}
+
+
+def _cached(kind, task, build):
+  key = (kind, id(task))
+  if key not in _COMPILED or _COMPILED[key][0] is not task:
+    _COMPILED[key] = (task, build())
+  return _COMPILED[key][1]
+
+
 def adamw_trainer(task: SpreadTask) -> Callable:
   """``train(params, opt_state, keys, steps0, hp, n) -> (params, opt_state)``
   for stacked ``optax.adamw`` members; ``n`` static. Member i's batch at its
@@ -218,17 +230,19 @@ def adamw_trainer(task: SpreadTask) -> Callable:
 
     return jax.lax.fori_loop(0, n, body, (params, opt_state))
 
-  @jax.jit
-  def train(params, opt_state, keys, steps0, hp, n):
-    return jax.vmap(one, in_axes=(0, 0, 0, 0, 0, None))(
-        params, opt_state, keys, steps0, hp, n)
+  def build():
+    @functools.partial(jax.jit, static_argnums=5)
+    def train(params, opt_state, keys, steps0, hp, n):
+      return jax.vmap(one, in_axes=(0, 0, 0, 0, 0, None))(
+          params, opt_state, keys, steps0, hp, n)
+    return train
 
-  return train
+  return _cached("adamw", task, build)
 
 
 def _val_losses(task: SpreadTask):
-  return jax.jit(jax.vmap(lambda p: task.loss_fn(p, task.data.x_val,
-                                                 task.data.y_val)))
+  return _cached("val", task, lambda: jax.jit(jax.vmap(
+      lambda p: task.loss_fn(p, task.data.x_val, task.data.y_val))))
 
 
 def _init_adamw(task, key, hp, size):
@@ -263,11 +277,13 @@ def run_swarm(task, key, hp, *, steps, rounds, beta, selection="rank",
                             min_steps=max(1, total // (4 * size)), beta=beta,
                             selection=selection, kappa=kappa,
                             batch_size=task.batch_size, mode="chunked")
-  family = swarm.self_tuning_family()
+  family = _cached("family", task, swarm.self_tuning_family)
   priors = {k: jnp.asarray(v) for k, v in hp.items()}
   pop = swarm.init_population(key, task.init_params, family, priors)
+  round_fn = _cached(("round", cfg, tuple(sorted(hp))), task,
+                     lambda: swarm.make_round(cfg, family, task.loss_fn))
   pop, history = swarm.run(cfg, family, task.loss_fn, pop, task.data, key,
-                           progress=False)
+                           progress=False, round_fn=round_fn)
   return _finite_min(history.scores[-1])
 
 
