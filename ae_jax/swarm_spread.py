@@ -390,8 +390,10 @@ def run_optuna(task, key, hp, *, steps, rounds, **_) -> float:
       if trial.should_prune():
         pruned = True
         break
-    study.tell(trial, state=optuna.trial.TrialState.PRUNED) if pruned else \
-        study.tell(trial, value if math.isfinite(value) else 1e30)
+    if pruned:
+      study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    else:
+      study.tell(trial, value if math.isfinite(value) else 1e30)
     trial_id += 1
   return best
 

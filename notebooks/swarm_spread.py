@@ -70,8 +70,11 @@ fig.tight_layout()
 # ## Equal total steps: the swarm against its baselines
 
 # %%
+# A small version (three of the methods); `ae-jax swarm --spread` runs all
+# five (Optuna and the hindsight-best AdamW too) on three tasks.
 results = swarm_spread.compare(tasks=["regression"], settings=["rates"],
                                seeds=[0, 1], pop_size=pop_size, steps=steps,
-                               rounds=rounds, log=None)
+                               rounds=rounds, log=None,
+                               methods=["swarm", "ae-independent", "pbt"])
 print(swarm_spread.table(results))
 print("swarm/best-baseline:", round(swarm_spread.ratio(results), 3))
