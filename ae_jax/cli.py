@@ -121,7 +121,7 @@ def _run_spread(args: argparse.Namespace) -> int:
   from ae_jax import swarm_spread
 
   kw = dict(SPREAD_PROFILES[args.profile])
-  if args.pop_size_given:
+  if args.pop_size is not None:
     kw["pop_size"] = args.pop_size
   if args.steps is not None:
     kw["steps"] = args.steps
@@ -142,7 +142,6 @@ def _run_spread(args: argparse.Namespace) -> int:
 def _run_swarm(args: argparse.Namespace) -> int:
   from ae_jax import swarm_demo
 
-  args.pop_size_given = args.pop_size is not None
   if args.spread:
     return _run_spread(args)
   if args.pop_size is None:

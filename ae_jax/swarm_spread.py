@@ -42,6 +42,7 @@ import numpy as np
 import optax
 
 from ae_jax import swarm
+from ae_jax.adapt import write_hyperparams
 from ae_jax.demo import t_interval
 
 METHODS = ("swarm", "ae-independent", "optuna", "pbt", "hindsight")
@@ -199,13 +200,6 @@ def _adamw(hp):
       weight_decay=hp.get("weight_decay", 1e-4))
 
 
-def _set_hyperparams(opt_state, hp):
-  new = dict(opt_state.hyperparams)
-  for k, v in hp.items():
-    new[k] = jnp.asarray(v, new[k].dtype)
-  return opt_state._replace(hyperparams=new)
-
-
 # Compiled functions per task object (one compilation serves every seed).
 _COMPILED: dict = {}
 
@@ -341,8 +335,7 @@ def run_pbt(task, key, hp, *, steps, rounds, **_) -> float:
         hp[k][bottom] = np.clip(1 - (1 - hp[k][bottom]) * factor, 0.0, 0.999)
       else:
         hp[k][bottom] = hp[k][bottom] * factor
-    opt_state = _set_hyperparams(opt_state,
-                                 {k: jnp.asarray(v) for k, v in hp.items()})
+    opt_state = write_hyperparams(opt_state, hp)
   return _finite_min(scores)
 
 
