@@ -2,7 +2,7 @@
 
 import sys
 
-from ae_jax.cli import main
+from ae_jax.bench.cli import main
 
 if __name__ == "__main__":
   sys.exit(main())

@@ -313,6 +313,7 @@ def digits_task(key=None, hidden: int = 32, batch_size: int = 64,
   """An out-of-family task: classification of scikit-learn's digits (8×8
   images, 10 classes) by a tanh MLP with cross-entropy, unscaled pixels
   (0 … 16). Returns ``(family, task)``; ``family.sample`` ignores its key.
+  Needs scikit-learn (``pip install ae-jax[bench]``).
   """
   from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
   dtype = jnp.result_type(float)
@@ -516,8 +517,11 @@ def meta_train(families, *, key, config: InnerConfig = InnerConfig(),
   losses, snapshots = [], []
   steps = range(int(meta_steps))
   if progress:
-    from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
-    steps = tqdm(steps, desc="meta-train")
+    try:
+      from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+      steps = tqdm(steps, desc="meta-train")
+    except ImportError:  # tqdm comes with the bench extra; a bar is cosmetic
+      pass
   for step in steps:
     reparam, opt_state, value = outer_step(reparam, opt_state,
                                            jax.random.fold_in(key, step))

@@ -872,8 +872,11 @@ def run(config: SwarmConfig, family: Family, loss_fn: Callable,
                      f"integers, got {budgets}")
   bar = None
   if progress:
-    from tqdm.auto import tqdm
-    bar = tqdm(total=config.rounds, desc="AE-Swarm", unit="round")
+    try:
+      from tqdm.auto import tqdm
+      bar = tqdm(total=config.rounds, desc="AE-Swarm", unit="round")
+    except ImportError:  # tqdm comes with the bench extra; a bar is cosmetic
+      pass
   logs, seconds, events = [], [], []
   for r in range(config.rounds):
     start = time.perf_counter()
@@ -911,7 +914,8 @@ def run(config: SwarmConfig, family: Family, loss_fn: Callable,
 
 def plot_history(history: History, coefficients: Sequence[str] = (
     "learning_rate", "b1", "b2", "eps"), path=None):
-  """Scores, weights, budgets and the coefficients' mean ± std per round.
+  """Scores, weights, budgets and the coefficients' mean ± std per round
+  (needs matplotlib: ``pip install ae-jax[bench]``).
 
   Returns:
     The matplotlib figure (also saved to ``path`` when given).

@@ -32,9 +32,9 @@ import platform
 
 import numpy as np
 
-from benchmarks.harness import metrics as M
-from benchmarks.harness import runner as R
-from benchmarks.harness import tasks as T
+from ae_jax.bench import metrics as M
+from ae_jax.bench import runner as R
+from ae_jax.bench import tasks as T
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"

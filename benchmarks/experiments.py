@@ -13,7 +13,7 @@ files present (date, machine, profile, tables, predictions, ranking).
 
 Protocol: seeds 1..N for evaluation (N = 5), seed 0 only for tuning
 ``name@tuned`` on a log grid; the same initialisation, data order and step
-budget for every optimizer (see :mod:`benchmarks.harness.runner`).
+budget for every optimizer (see :mod:`ae_jax.bench.runner`).
 """
 
 from __future__ import annotations
@@ -30,16 +30,13 @@ import time
 
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-for _p in (ROOT, ROOT / "benchmarks"):
-  if str(_p) not in sys.path:
-    sys.path.insert(0, str(_p))
+from ae_jax.bench import metrics as M
+from ae_jax.bench import optimizers as O
+from ae_jax.bench import report
+from ae_jax.bench import runner as R
+from ae_jax.bench import tasks as T
 
-from benchmarks.harness import metrics as M  # noqa: E402
-from benchmarks.harness import optimizers as O  # noqa: E402
-from benchmarks.harness import report  # noqa: E402
-from benchmarks.harness import runner as R  # noqa: E402
-from benchmarks.harness import tasks as T  # noqa: E402
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 FIGURES = ROOT / "benchmarks" / "figures"
 RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
@@ -519,7 +516,10 @@ def exp16(p):
 
 @experiment("17", "Experiment 17: memory and wall-time overhead")
 def exp17(p):
-  import overhead  # benchmarks/overhead.py
+  try:
+    from benchmarks import overhead  # python -m benchmarks.experiments
+  except ImportError:  # python benchmarks/experiments.py: its folder is first
+    import overhead
   sizes = [1e5, 1e6] if p["scale"] == 1 else [1e6, 1e7, 1e8]
   rows = []
   for total in sizes:

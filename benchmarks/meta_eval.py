@@ -27,7 +27,7 @@ import numpy as np
 
 import ae_jax as ae
 from ae_jax import meta
-from ae_jax.demo import t_interval
+from ae_jax.bench.demo import t_interval
 
 CONFIG = meta.InnerConfig(steps=100, learning_rate=0.02, momentum=0.9)
 DIGITS_STEPS = 300

@@ -7,12 +7,12 @@ its start knob on every ranking task and the drift tasks.
 
 (run from the repository root). Each method's start knob and its 7 starts
 are ``OptSpec.start_name`` / ``start_grid`` of the registry
-(:mod:`benchmarks.harness.optimizers`): the learning rate 1e-5 ... 1 for the
+(:mod:`ae_jax.bench.optimizers`): the learning rate 1e-5 ... 1 for the
 Adam family, the same relative range around the default for the SGD-type
 rates, the initial estimate 1e-2 ... 1e4 times its default for the
 parameter-free peers. Each (task, method) is one jitted run vmapped over
 starts x seeds where the start may be traced, else one run per start
-(:func:`benchmarks.harness.runner.run_grid`).
+(:func:`ae_jax.bench.runner.run_grid`).
 
 Per (task, start) cell and method, over the evaluation seeds (1, 2, 3; seed
 0 is kept for tuning):
@@ -55,10 +55,10 @@ import time
 
 import numpy as np
 
-from benchmarks.harness import optimizers as O
-from benchmarks.harness import report
-from benchmarks.harness import runner as R
-from benchmarks.harness import tasks as T
+from ae_jax.bench import optimizers as O
+from ae_jax.bench import report
+from ae_jax.bench import runner as R
+from ae_jax.bench import tasks as T
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CACHE = ROOT / "benchmarks" / "results" / "robustness"

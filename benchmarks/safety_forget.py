@@ -16,17 +16,13 @@ on these evaluation tasks themselves: a probe, not a tuned choice.
 from __future__ import annotations
 
 import argparse
-import pathlib
-import sys
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-import ae_jax as ae  # noqa: E402
-from benchmarks.harness import optimizers as O  # noqa: E402
-from benchmarks.harness import runner as R  # noqa: E402
-from benchmarks.harness import tasks as T  # noqa: E402
+import ae_jax as ae
+from ae_jax.bench import optimizers as O
+from ae_jax.bench import runner as R
+from ae_jax.bench import tasks as T
 
 NAMES = O.AE_NAMES["ae_adamw"]
 

@@ -18,7 +18,7 @@ import time
 
 import jax
 
-from ae_jax import swarm_demo
+from ae_jax.bench import swarm_demo
 
 
 def main(argv=None):

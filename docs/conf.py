@@ -61,6 +61,7 @@ PUBLIC_MODULES = {
     "ae_jax.machine": "The AE Machine",
     "ae_jax.tape": "A differentiable tape",
     "ae_jax.reference": "Parity with the reference implementation",
+    "ae_jax.bench": "Applications: the harness, the demos, the command line",
 }
 
 

@@ -23,19 +23,10 @@
 #   names them `ae_sgdm-no_hypergradient`, `ae_sgdm+gauge`, ...
 
 # %%
-import pathlib
-import sys
-
-try:
-  import benchmarks.harness  # noqa: F401
-except ImportError:
-  import ae_jax
-  sys.path.insert(0, str(pathlib.Path(ae_jax.__file__).resolve().parents[1]))
-
 import matplotlib.pyplot as plt
 import numpy as np
 
-from benchmarks.harness import metrics, runner, tasks
+from ae_jax.bench import metrics, runner, tasks
 
 task = tasks.get("quadratic", steps=300)
 fig, ax = plt.subplots(figsize=(6, 3.5))

@@ -23,20 +23,11 @@
 # `benchmarks/RESULTS.md` (`python benchmarks/experiments.py`).
 
 # %%
-import pathlib
-import sys
-
-try:
-  import benchmarks.harness  # noqa: F401
-except ImportError:  # run from a source checkout: add its root
-  import ae_jax
-  sys.path.insert(0, str(pathlib.Path(ae_jax.__file__).resolve().parents[1]))
-
 import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Image, display
 
-from benchmarks.harness import metrics, report, runner, tasks
+from ae_jax.bench import metrics, report, runner, tasks
 
 task = tasks.get("regression", steps=300)
 results, rows = report.compare(

@@ -28,19 +28,10 @@
 # intervals) are in `benchmarks/RESULTS.md`.
 
 # %%
-import pathlib
-import sys
-
-try:
-  import benchmarks.harness  # noqa: F401
-except ImportError:  # run from a source checkout: add its root
-  import ae_jax
-  sys.path.insert(0, str(pathlib.Path(ae_jax.__file__).resolve().parents[1]))
-
 import matplotlib.pyplot as plt
 import numpy as np
 
-from benchmarks.harness import report, runner, tasks
+from ae_jax.bench import report, runner, tasks
 
 digits = tasks.get("digits_cnn", steps=150, channels=(4, 8))
 rows = [report.row(runner.run(digits, n, seeds=[1, 2]), digits)
@@ -49,11 +40,11 @@ print(report.text_table(rows, ("optimizer", "final", "time-to-target",
                                "NaN/inf steps")))
 
 # %% [markdown]
-# Experiment 3, small: one layer, width 32, context 32, 150 steps. AE's
+# Experiment 3, small: one layer, width 32, context 32, 100 steps. AE's
 # β1 and β2 move with the measured signals; plain AdamW keeps 0.9 / 0.999.
 
 # %%
-lm = tasks.get("char_lm", steps=150, layers=1, d_model=32, context=32,
+lm = tasks.get("char_lm", steps=100, layers=1, d_model=32, context=32,
                n_chars=60_000, target=12.0)
 lm_results = [runner.run(lm, n, seeds=[1, 2]) for n in ("adamw", "ae_adamw")]
 print(report.text_table([report.row(r, lm) for r in lm_results],

@@ -23,19 +23,10 @@
 #   budget AE-6 and the brake cap the change of log α per step).
 
 # %%
-import pathlib
-import sys
-
-try:
-  import benchmarks.harness  # noqa: F401
-except ImportError:
-  import ae_jax
-  sys.path.insert(0, str(pathlib.Path(ae_jax.__file__).resolve().parents[1]))
-
 import matplotlib.pyplot as plt
 import numpy as np
 
-from benchmarks.harness import metrics, runner, tasks
+from ae_jax.bench import metrics, runner, tasks
 
 base = tasks.get("regression", steps=300)
 print("time-to-target (steps, mean of 2 seeds) by loss scale c")

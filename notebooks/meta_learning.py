@@ -41,7 +41,7 @@ import ae_jax as ae
 from ae_jax import meta
 
 family = meta.least_squares_family(dim=8, n_train=64, n_val=32)
-config = meta.InnerConfig(steps=50, learning_rate=0.02, momentum=0.9)
+config = meta.InnerConfig(steps=30, learning_rate=0.02, momentum=0.9)
 default = ae.default_gains(meta.coefficient_names(config))
 
 # %% [markdown]
@@ -61,12 +61,12 @@ print("d meta-loss / d W_p(learning_rate):",
 # %% [markdown]
 # ## Meta-training
 #
-# Each outer step draws 4 new tasks, unrolls 50 steps on each and takes an
+# Each outer step draws 4 new tasks, unrolls 30 steps on each and takes an
 # Adam step on the relative offsets of the gains (`ae.meta.Reparam`).
 
 # %%
 result = meta.meta_train(family, key=jax.random.PRNGKey(1), config=config,
-                         meta_steps=12, tasks_per_step=4,
+                         meta_steps=8, tasks_per_step=4,
                          meta_optimizer=optax.adam(0.05))
 history = result.history
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))

@@ -29,7 +29,8 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ae_jax import swarm, swarm_spread
+from ae_jax import swarm
+from ae_jax.bench import swarm_spread
 
 task = swarm_spread.regression_task()
 pop_size, steps, rounds = 8, 240, 6        # T = 8 x 240 member steps

@@ -296,7 +296,9 @@ _SHARDED = textwrap.dedent("""
         params, state = step(params, state)
       return params, state
 
-    for name in ("ae_sgdm", "ae_adam", "ae_adamw"):
+    # ae_adam is ae_adamw's code path without the decay: two presets cover
+    # both statistics references (momentum, Adam's preconditioned step).
+    for name in ("ae_sgdm", "ae_adamw"):
       tx = getattr(ae, name)()
       single, _ = train(tx, params, x, y)
       # (parameter spec, data spec): parameters sharded (model-parallel

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from ae_jax import cli
+from ae_jax.bench import cli
 
 
 def test_demo_prints_table_and_writes_png(tmp_path, capsys):
@@ -56,7 +56,7 @@ def test_bad_option_is_an_error(capsys):
   assert exit_info.value.code == 2
 
 
-@pytest.mark.parametrize("module", ["ae_jax.cli", "ae_jax"])
+@pytest.mark.parametrize("module", ["ae_jax.bench.cli", "ae_jax"])
 def test_python_m_help(module):
   env = dict(os.environ)
   env.setdefault("JAX_PLATFORMS", "cpu")

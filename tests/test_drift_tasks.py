@@ -3,20 +3,16 @@ drift_classes), the held-out resnet_digits, and the drift metrics
 (time_to_recover, regret) on hand-made curves."""
 
 import math
-import pathlib
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import jax
+import jax.numpy as jnp
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from benchmarks.harness import metrics as M  # noqa: E402
-from benchmarks.harness import runner as R  # noqa: E402
-from benchmarks.harness import tasks as T  # noqa: E402
+from ae_jax.bench import metrics as M
+from ae_jax.bench import runner as R
+from ae_jax.bench import tasks as T
 
 KEY = jax.random.PRNGKey(3)
 NEW_TASKS = {"drift_regression", "drift_digits", "drift_classes",

@@ -1,21 +1,17 @@
-"""The experiment harness (benchmarks/harness): metrics on hand-made curves,
+"""The experiment harness (ae_jax.bench): metrics on hand-made curves,
 the registries, a tiny end-to-end run, ``ae-jax compare``."""
 
 import math
-import pathlib
-import sys
 
 import numpy as np
 import pytest
 
 import ae_jax as ae
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from benchmarks.harness import metrics as M  # noqa: E402
-from benchmarks.harness import optimizers as O  # noqa: E402
-from benchmarks.harness import runner as R  # noqa: E402
-from benchmarks.harness import tasks as T  # noqa: E402
+from ae_jax.bench import metrics as M
+from ae_jax.bench import optimizers as O
+from ae_jax.bench import runner as R
+from ae_jax.bench import tasks as T
 
 
 # ---- metrics on hand-made curves ----------------------------------------
@@ -282,7 +278,7 @@ def test_windowed_tensor_optix_peer():
 
 
 def test_compare_cli_prints_table_and_writes_pngs(tmp_path, capsys):
-  from ae_jax import cli
+  from ae_jax.bench import cli
   status = cli.main(["compare", "--task", "quadratic", "--optimizers",
                      "sgdm,ae_sgdm", "--seeds", "2", "--steps", "30",
                      "--out", str(tmp_path)])
@@ -299,7 +295,7 @@ def test_compare_cli_prints_table_and_writes_pngs(tmp_path, capsys):
 
 
 def test_compare_cli_rejects_unknown_names(capsys):
-  from ae_jax import cli
+  from ae_jax.bench import cli
   assert cli.main(["compare", "--optimizers", "adamw,nope", "--no-plot"]) == 2
   assert "unknown optimizer" in capsys.readouterr().err
   assert cli.main(["compare", "--task", "nope"]) == 2

@@ -96,7 +96,7 @@ def test_run_compiles_once():
 
 
 def test_cli_machine_prints_the_trajectory_tables(capsys):
-  from ae_jax import cli
+  from ae_jax.bench import cli
   assert cli.main(["machine", "--max-steps", "60", "--every", "30"]) == 0
   out = capsys.readouterr().out
   assert "quadratic" in out and "copy task" in out

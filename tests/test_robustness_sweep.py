@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from benchmarks import robustness as RB
-from benchmarks.harness import optimizers as O
-from benchmarks.harness import runner as R
-from benchmarks.harness import tasks as T
+from ae_jax.bench import optimizers as O
+from ae_jax.bench import runner as R
+from ae_jax.bench import tasks as T
 
 NAN, INF = math.nan, math.inf
 

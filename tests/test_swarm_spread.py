@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import ae_jax as ae
-from ae_jax import cli, swarm, swarm_spread
+from ae_jax import swarm
+from ae_jax.bench import cli, swarm_spread
 
 
 @pytest.mark.parametrize("selection", ["rank", "standardized"])

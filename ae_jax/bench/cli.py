@@ -47,7 +47,7 @@ def _fraction(text: str) -> float:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-  from ae_jax import demo
+  from ae_jax.bench import demo
 
   demo.run_demo(steps=args.steps, seeds=args.seeds, learning_rate=args.lr,
                 target=args.target, out=None if args.no_plot else args.out,
@@ -118,7 +118,7 @@ SPREAD_PROFILES = {"quick": dict(pop_size=8, steps=400, rounds=8),
 
 
 def _run_spread(args: argparse.Namespace) -> int:
-  from ae_jax import swarm_spread
+  from ae_jax.bench import swarm_spread
 
   kw = dict(SPREAD_PROFILES[args.profile])
   if args.pop_size is not None:
@@ -140,7 +140,7 @@ def _run_spread(args: argparse.Namespace) -> int:
 
 
 def _run_swarm(args: argparse.Namespace) -> int:
-  from ae_jax import swarm_demo
+  from ae_jax.bench import swarm_demo
 
   if args.spread:
     return _run_spread(args)
@@ -212,19 +212,7 @@ def _add_swarm(subparsers) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-  import pathlib
-  try:
-    import benchmarks.harness  # noqa: F401
-  except ImportError:
-    # benchmarks/ is not packaged: use the source checkout this ae_jax is in.
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-    try:
-      import benchmarks.harness  # noqa: F401
-    except ImportError as e:
-      print(f"ae-jax compare needs the benchmarks/ folder of a source "
-            f"checkout of ae_jax ({e})", file=sys.stderr)
-      return 2
-  from benchmarks.harness import optimizers, report, tasks
+  from ae_jax.bench import optimizers, report, tasks
 
   if args.list:
     print("tasks: " + ", ".join(tasks.names()))
@@ -256,7 +244,7 @@ def _add_compare(subparsers) -> None:
           "initialisation and data order for all; seed 0 tunes NAME@tuned), "
           "prints mean ± 95%% t-interval of the final metric, time-to-target,"
           " AUC and stability incidents, and writes loss and coefficient "
-          "figures (benchmarks/harness)."))
+          "figures (ae_jax.bench)."))
   p.add_argument("--task", default="regression",
                  help="task name (see --list; default: %(default)s)")
   p.add_argument("--optimizers", default="adamw,ae_adamw",
@@ -303,7 +291,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
   """Entry point of ``ae-jax``; returns the exit status."""
   args = build_parser().parse_args(argv)
-  return args.handler(args)
+  try:
+    return args.handler(args)
+  except ModuleNotFoundError as e:
+    if e.name not in _BENCH_EXTRA:
+      raise
+    print(f"ae-jax {args.command} needs {e.name}, which comes with the bench "
+          f"extra: pip install 'ae-jax[bench]'", file=sys.stderr)
+    return 2
+
+
+# Top-level modules of the ``bench`` extra's packages.
+_BENCH_EXTRA = ("sklearn", "matplotlib", "tqdm", "optuna")
 
 
 if __name__ == "__main__":

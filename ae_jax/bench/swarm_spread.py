@@ -43,7 +43,7 @@ import optax
 
 from ae_jax import swarm
 from ae_jax.adapt import write_hyperparams
-from ae_jax.demo import t_interval
+from ae_jax.bench.demo import t_interval
 
 METHODS = ("swarm", "ae-independent", "optuna", "pbt", "hindsight")
 BASELINES = ("ae-independent", "optuna", "pbt")

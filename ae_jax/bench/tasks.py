@@ -326,7 +326,7 @@ def digits_cnn(batch_size: int = 64, steps: int = 600, target: float = 0.93,
                channels=(8, 16), eval_every: int = 25) -> Task:
   """A two-layer CNN on scikit-learn's 8x8 digits (bundled, offline);
   metric: test accuracy (25% stratified split)."""
-  from ae_jax import demo
+  from ae_jax.bench import demo
   d = demo.load_data()
   return _classification(
       "digits_cnn", d.x_train.reshape(-1, 8, 8, 1), d.y_train,
@@ -598,7 +598,7 @@ def _digits(n_train: int | None = None):
   """Standardised sklearn digits (``demo.load_data``: 25% stratified test
   split, seed 0), flattened; ``n_train`` keeps the first training
   examples."""
-  from ae_jax import demo
+  from ae_jax.bench import demo
   d = demo.load_data()
   xtr, ytr = d.x_train, d.y_train
   if n_train is not None:

@@ -10,7 +10,7 @@ runner how to drive it:
 * ``is_ae``: the state holds an AE controller; the runner records
   ``ae.signals`` and ``ae.coefficients`` every step;
 * ``windowed``: a stateful host-side peer (tensor-optix) that suggests a new
-  learning rate every ``window`` steps; see :mod:`benchmarks.harness.runner`.
+  learning rate every ``window`` steps; see :mod:`ae_jax.bench.runner`.
 
 ``default_lr`` is the optimizer's usual default (1.0 for the parameter-free
 methods, where it is a multiplier). Names:
@@ -29,7 +29,7 @@ methods, where it is a multiplier). Names:
   gauge, coupling, drive (the theory's rows for every coefficient), budget,
   safety (``canonical_laws(..., law=True)``);
 * tuned: ``<name>@tuned`` is resolved by the runner (learning rate chosen on
-  a log grid on seed 0, see :func:`benchmarks.harness.runner.tune`).
+  a log grid on seed 0, see :func:`ae_jax.bench.runner.tune`).
 
 **Start knobs** (the starting-rate robustness sweep,
 ``benchmarks/robustness.py``): every spec names the one value a user sets to

@@ -12,7 +12,7 @@ AE coefficients are scan outputs, one row per step.
 
 Example::
 
-  from ae_jax import demo
+  from ae_jax.bench import demo
   data = demo.load_data()
   history = demo.train("ae_adamw", seed=0, steps=500, data=data)
   rows = demo.summarize({"ae_adamw": [history]}, target=0.95)

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from ae_jax import swarm
-from ae_jax.demo import t_interval
+from ae_jax.bench.demo import t_interval
 
 METHODS = ("swarm", "ae-independent", "adamw")
 

@@ -55,9 +55,9 @@ import optax
 
 import ae_jax as ae
 
-from benchmarks.harness import metrics as M
-from benchmarks.harness import optimizers as O
-from benchmarks.harness.tasks import Task
+from ae_jax.bench import metrics as M
+from ae_jax.bench import optimizers as O
+from ae_jax.bench.tasks import Task
 
 SIGNALS = ("T", "V", "rho", "S", "gamma")
 

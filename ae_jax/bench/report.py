@@ -9,10 +9,10 @@ from typing import Sequence
 
 import numpy as np
 
-from benchmarks.harness import metrics as M
-from benchmarks.harness import optimizers as O
-from benchmarks.harness import runner as R
-from benchmarks.harness.tasks import Task
+from ae_jax.bench import metrics as M
+from ae_jax.bench import optimizers as O
+from ae_jax.bench import runner as R
+from ae_jax.bench.tasks import Task
 
 COLUMNS = ("optimizer", "lr", "final", "time-to-target", "AUC",
            "NaN/inf steps", "diverged", "oscillation", "var log γ")
