@@ -12,11 +12,9 @@ import inspect
 import importlib
 import os
 import shutil
-import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
+ROOT = os.path.dirname(HERE)  # ae_jax itself is installed (pip install -e)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 project = "ae_jax"

@@ -3,19 +3,22 @@ API entry for each; here each must have a docstring), and refers to nothing
 outside the repository."""
 
 import importlib
+import importlib.util
 import inspect
 import os
 import re
-import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "docs"))
 
 
 def _conf():
-  return importlib.import_module("conf")
+  spec = importlib.util.spec_from_file_location(
+      "conf", os.path.join(ROOT, "docs", "conf.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def test_every_public_symbol_has_a_docstring():

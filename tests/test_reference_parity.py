@@ -5,6 +5,7 @@ unchanged in float64; ``reference_agent`` must follow it step by step to
 1e-9 relative, its defects included (shared/README.md, defect 1).
 """
 
+import importlib.util
 import math
 import os
 import sys
@@ -30,8 +31,13 @@ else:
   if not (REFERENCE_DIR / "AE.py").exists():
     pytest.skip(f"reference code not found at {REFERENCE_DIR}",
                 allow_module_level=True)
-sys.path.insert(0, str(REFERENCE_DIR))
-from AE import AEAgent, AEConfig  # noqa: E402  pylint: disable=g-import-not-at-top
+# Loaded from its file (it is not a package); registered so its dataclasses
+# can find their module.
+_SPEC = importlib.util.spec_from_file_location("ae_reference_torch",
+                                               REFERENCE_DIR / "AE.py")
+_AE = sys.modules["ae_reference_torch"] = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(_AE)
+AEAgent, AEConfig = _AE.AEAgent, _AE.AEConfig
 
 RTOL = 1e-9
 STEPS = 300
