@@ -16,9 +16,9 @@ from ae_jax import meta
 from ae_jax import monitor
 from ae_jax import measurement
 from ae_jax import swarm
-from ae_jax.adapt import AdaptState, adapt, reseed, set_coefficients
+from ae_jax._adapt import AdaptState, adapt, reseed, set_coefficients
 from ae_jax.coefficient import Coefficient
-from ae_jax.controller import (Brake, CoefficientMap, Controller,
+from ae_jax._controller import (Brake, CoefficientMap, Controller,
                                ControllerState, coefficients, controller,
                                signals)
 from ae_jax.presets import (LawGains, ae_adam, ae_adamw, ae_sgdm,

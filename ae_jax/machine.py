@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ae_jax import controller as controller_lib
+from ae_jax import _controller as controller_lib
 
 # Signals logged every step (from ae.signals) when the optimizer is an AE one.
 LOGGED_SIGNALS = ("T", "V", "rho", "S", "gamma")

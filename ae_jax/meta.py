@@ -41,7 +41,7 @@ import numpy as np
 import optax
 
 from ae_jax import presets
-from ae_jax.controller import coefficients
+from ae_jax._controller import coefficients
 
 
 # -- unrolling ----------------------------------------------------------------

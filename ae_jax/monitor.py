@@ -30,7 +30,7 @@ from typing import Any, Mapping, Protocol
 import jax
 import numpy as np
 
-from ae_jax import controller as controller_lib
+from ae_jax import _controller as controller_lib
 
 
 def scalars(state, *, signals: bool = True) -> dict[str, jax.Array]:

@@ -31,9 +31,9 @@ import optax
 
 from ae_jax import laws
 from ae_jax import measurement
-from ae_jax.adapt import adapt
+from ae_jax._adapt import adapt
 from ae_jax.coefficient import Coefficient, check_positive
-from ae_jax.controller import Brake
+from ae_jax._controller import Brake
 
 LEARNING_RATE = "learning_rate"
 SIGMA = "sigma"

@@ -34,9 +34,9 @@ import jax.numpy as jnp
 import optax
 
 from ae_jax import laws
-from ae_jax.adapt import adapt, sanitize
+from ae_jax._adapt import adapt, sanitize
 from ae_jax.coefficient import Coefficient
-from ae_jax.controller import Brake
+from ae_jax._controller import Brake
 from ae_jax.measurement import FilterConfig
 
 

@@ -49,8 +49,8 @@ PUBLIC_MODULES = {
     "ae_jax.laws": "The AE laws (AE-2 … AE-10)",
     "ae_jax.measurement": "AE-1: signals and gradient statistics",
     "ae_jax.coefficient": "Coefficient specs and coordinates",
-    "ae_jax.controller": "The coefficient controller",
-    "ae_jax.adapt": "The normal form: any Optax optimizer as AE",
+    "ae_jax._controller": "The coefficient controller (``ae.controller``)",
+    "ae_jax._adapt": "The normal form: any Optax optimizer as AE (``ae.adapt``)",
     "ae_jax.presets": "AE-SGDm, AE-Adam, AE-AdamW and their gains",
     "ae_jax.monitor": "Logging to CSV, TensorBoard and W&B",
     "ae_jax.train_state": "Flax Linen TrainState",
@@ -64,12 +64,13 @@ PUBLIC_MODULES = {
 
 
 def public_symbols(module_name):
-  """(name, kind) of every public symbol a module defines (or, for the
-  package, exports in ``__all__``)."""
+  """(name, kind) of every public function and class a module defines (or,
+  for a package, exports in ``__all__``)."""
   module = importlib.import_module(module_name)
-  if module_name == "ae_jax":
+  if hasattr(module, "__all__"):  # a package re-exporting its modules' names
     names = [n for n in module.__all__
-             if not inspect.ismodule(getattr(module, n))]
+             if inspect.isfunction(getattr(module, n))
+             or inspect.isclass(getattr(module, n))]
   else:
     names = [n for n, obj in vars(module).items()
              if not n.startswith("_") and not inspect.ismodule(obj)
@@ -85,6 +86,7 @@ def public_symbols(module_name):
 def _write_api(app):
   del app
   api = os.path.join(HERE, "api")
+  shutil.rmtree(api, ignore_errors=True)  # no page of a module that moved
   os.makedirs(api, exist_ok=True)
   index = ["# API reference", "", "```{toctree}", ":maxdepth: 1", ""]
   for module_name, title in PUBLIC_MODULES.items():

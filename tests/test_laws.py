@@ -1,6 +1,5 @@
 """The AE laws (AE-2 ... AE-8, AE-10), each in isolation, against hand-computed numbers."""
 
-import importlib
 import math
 
 import chex
@@ -18,9 +17,7 @@ from ae_jax.laws import DriveGains
 
 # Two coefficients: α (log, [1e-4, 1], anchor 1e-2) and β (linear, [0, 0.99],
 # anchor 0.9); a third, σ, log-parametrised and unbounded above.
-# `ae_jax.controller` is the function (re-exported by the package) and shadows
-# the module of the same name as a package attribute.
-controller_lib = importlib.import_module("ae_jax.controller")
+from ae_jax import _controller as controller_lib  # noqa: E402
 
 SPECS = (
     Coefficient("learning_rate", 0.1, 1e-4, 1.0, 1e-2, "log").resolve(),

@@ -42,7 +42,7 @@ import numpy as np
 import optax
 
 from ae_jax import swarm
-from ae_jax.adapt import write_hyperparams
+from ae_jax._adapt import write_hyperparams
 from ae_jax.bench.demo import t_interval
 
 METHODS = ("swarm", "ae-independent", "optuna", "pbt", "hindsight")

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ae_jax import controller as controller_lib
+from ae_jax import _controller as controller_lib
 from ae_jax import measurement
 from ae_jax.coefficient import Coefficient, as_specs
 
@@ -52,7 +52,7 @@ class AdaptState(NamedTuple):
   Attributes:
     inner_state: the base optimizer's state; its ``hyperparams`` hold the
       coefficients it will apply next.
-    controller: the :class:`ae_jax.controller.ControllerState`.
+    controller: the :class:`ae_jax.ControllerState`.
     phase_ref: what ρ of the next step is measured against, when it cannot
       be read from ``inner_state``: ``()`` when the base's momentum is read
       directly; the previous gradient when the base has no momentum; with
