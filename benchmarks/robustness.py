@@ -188,8 +188,8 @@ _COMMIT: list[str] = []
 
 
 def _commit() -> str:
-  """The git commit (``+dirty`` if ae_jax/ or the harness has uncommitted
-  changes) when this process first asked: main() asks at start, before any
+  """The git commit (``+dirty`` if ae_jax/, the harness included, has
+  uncommitted changes) when this process first asked: main() asks at start, before any
   run, so a record names the code the process imported, not a later HEAD."""
   if not _COMMIT:
     _COMMIT.append(_git_commit())
@@ -201,8 +201,8 @@ def _git_commit() -> str:
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                           capture_output=True, text=True,
                           check=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "ae_jax",
-                            "benchmarks/harness"], cwd=ROOT,
+    dirty = subprocess.run(["git", "status", "--porcelain", "ae_jax"],
+                           cwd=ROOT,
                            capture_output=True, text=True).stdout.strip()
     return head + ("+dirty" if dirty else "")
   except Exception:  # pylint: disable=broad-except
@@ -407,7 +407,7 @@ def markdown(table, tasks, methods, built, records, groups, seeds, profile,
       report.markdown_table(rows, cols),
       f"![robustness heat map]({os.path.relpath(fig_path, RESULTS_MD.parent)})",
       "Start knobs (`OptSpec.start_name` / `start_grid` in "
-      "`benchmarks/harness/optimizers.py`):",
+      "`ae_jax/bench/optimizers.py`):",
       report.markdown_table(knob_rows, ("method", "start knob", "default",
                                         "starts")),
       "Tasks and budgets (targets are the registered ones; wall s: the "

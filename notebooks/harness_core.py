@@ -14,7 +14,7 @@
 # %% [markdown]
 # # Harness: core sanity (experiment 1, small)
 #
-# The harness (`benchmarks/harness`) trains every optimizer from the same
+# The harness (`ae_jax.bench`) trains every optimizer from the same
 # initialisation, on the same minibatches, for the same number of steps, as
 # one jitted `lax.scan` vmapped over seeds. This notebook reruns a small
 # version of experiment 1 (an MLP on y = Ax + ε) against a few peers, shows
