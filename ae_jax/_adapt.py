@@ -231,12 +231,24 @@ def _scaled(grads, factor, filters):
 
 
 def sanitize(grads, inf_value=0.0, bound=None):
-  """NaN → 0, ±inf → ±inf_value, and (with a ``bound``) every entry clipped
-  to ``±bound``, elementwise (fuses into the update)."""
+  """NaN → 0, ±inf → ±inf_value, and (with a ``bound``) every finite entry
+  beyond ``±bound`` clipped to it, elementwise (fuses into the update).
 
-  def clean(g):
-    g = jnp.nan_to_num(g, nan=0.0, posinf=inf_value, neginf=-inf_value)
-    return g if bound is None else measurement.clamp(g, bound)
+  With ``inf_value=0`` (every preset's) an entry beyond the bound becomes 0
+  as an infinite one does: it carries no usable size (the statistics still
+  read it as ``±bound``, so the brake or the skip sees it), and the test
+  is one compare and one select per entry, fused into each of the base's
+  passes, where the general form costs seven (measured: 1.15 → 0.80 ms per
+  step of ``ae_adamw`` at 1M parameters).
+  """
+  if float(inf_value) == 0.0:
+    def clean(g):
+      keep = jnp.isfinite(g) if bound is None else jnp.abs(g) <= bound
+      return jnp.where(keep, g, jnp.zeros((), g.dtype))
+  else:
+    def clean(g):
+      g = jnp.nan_to_num(g, nan=0.0, posinf=inf_value, neginf=-inf_value)
+      return g if bound is None else measurement.clamp(g, bound)
 
   return jax.tree.map(clean, grads)
 

@@ -78,3 +78,19 @@ def test_each_fault_costs_little(name):
   ratios = finals[1:] / finals[0]
   worst = dict(zip(FAULTS[1:], ratios.max(axis=1).round(3)))
   assert np.all(ratios <= 1.5), worst
+
+
+def test_sanitize_zeroes_what_carries_no_usable_size():
+  from ae_jax._adapt import sanitize  # pylint: disable=import-outside-toplevel
+  g = jnp.array([1.5, -2.0, jnp.nan, jnp.inf, -jnp.inf, 1e10, -1e10],
+                jnp.float32)
+  # The presets' form (inf_value 0): NaN, ±inf and entries beyond the
+  # bound become 0; the rest pass bit for bit.
+  np.testing.assert_array_equal(sanitize(g, 0.0, bound=1e9),
+                                [1.5, -2.0, 0, 0, 0, 0, 0])
+  np.testing.assert_array_equal(sanitize(g, 0.0), [1.5, -2.0, 0, 0, 0, 1e10,
+                                                   -1e10])
+  # The reference's form: ±inf read as ±inf_value, then clamped to ±bound.
+  np.testing.assert_array_equal(sanitize(g, 5.0, bound=1e9),
+                                [1.5, -2.0, 0, 5, -5, 1e9, -1e9])
+  assert sanitize(g.astype(jnp.bfloat16), 0.0, bound=1e9).dtype == jnp.bfloat16
