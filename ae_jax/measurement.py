@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 # Filters are either the standard zero-initialised EMA with Adam's bias
@@ -402,16 +403,26 @@ def sample_plan(grads, budget: int) -> tuple[int, ...] | None:
 
 
 def draw_starts(key, grads, plan) -> tuple:
-  """Random block offsets for each leaf of ``grads`` under ``plan``."""
-  starts = []
-  for i, (x, blocks) in enumerate(zip(jax.tree.leaves(grads), plan)):
+  """Random block offsets for each leaf of ``grads`` under ``plan``.
+
+  Blocks wrap around the end of their leaf, so every element has the same
+  chance ``SAMPLE_BLOCK / size`` of being read: the sums are unbiased. All
+  offsets come from one draw (each leaf's bounded by its size): a draw per
+  leaf added about 30 XLA kernels per leaf to the step.
+  """
+  leaves = jax.tree.leaves(grads)
+  sampled = [(x.size, blocks) for x, blocks in zip(leaves, plan) if blocks]
+  if sampled:
+    bounds = np.concatenate([np.full(b, n, np.int64) for n, b in sampled])
+    draws = jax.random.randint(key, bounds.shape, 0,
+                               jnp.asarray(bounds, jnp.int32), jnp.int32)
+  starts, used = [], 0
+  for blocks in plan:
     if blocks == 0:
       starts.append(jnp.zeros([], jnp.int32))
     else:
-      # Blocks wrap around the end of the leaf, so every element has the
-      # same chance SAMPLE_BLOCK / size of being read: the sums are unbiased.
-      starts.append(jax.random.randint(jax.random.fold_in(key, i), (blocks,),
-                                       0, x.size, dtype=jnp.int32))
+      starts.append(draws[used:used + blocks])
+      used += blocks
   return tuple(starts)
 
 
