@@ -346,8 +346,55 @@ def adapt(inner: optax.GradientTransformation,
       coefficient is not among its hyperparameters, or any configuration
       field is invalid (the message names it).
   """
+  hyperparams, scheduled = _hyperparams_of(inner)
+  specs = _resolve_specs(coefficients, hyperparams, scheduled, noise)
+  names = tuple(c.name for c in specs)
+  _check_config(names, hyperparams, step_size, noise, stats_sample)
+  ctrl = controller_lib.controller(
+      specs, laws, filters=filters, brake=brake, step_size=step_size,
+      energy_weight=energy_weight, smooth=smooth)
   probe = _probe(inner)
-  injected = _inject_states(probe)
+  momentum_field = _find_momentum_field(probe, momentum)
+  wiring = _Wiring(
+      inner=inner, ctrl=ctrl, names=names, filters=filters,
+      step_size=step_size, noise=_drawn_noise(specs, noise),
+      momentum_field=momentum_field,
+      second_field=_find_second_moment_field(probe, momentum_field),
+      inf_value=(brake or controller_lib.Brake()).inf_value,
+      stats_sample=None if stats_sample is None else int(stats_sample),
+      delayed=delayed, seed=seed, step_scale=step_scale)
+  return optax.GradientTransformationExtraArgs(_init_fn(wiring),
+                                               _update_fn(wiring))
+
+
+class _Wiring(NamedTuple):
+  """What :func:`adapt` resolved at construction, shared by init and
+  update."""
+
+  inner: optax.GradientTransformation
+  ctrl: controller_lib.Controller
+  names: tuple[str, ...]
+  filters: measurement.FilterConfig
+  step_size: str | None
+  noise: str | None          # None also when σ is pinned (draws nothing)
+  momentum_field: str | None
+  second_field: str | None
+  inf_value: float
+  stats_sample: int | None
+  delayed: bool
+  seed: int
+  step_scale: Any
+
+  def plan(self, tree):
+    """The sampled statistics' blocks per leaf, or None (exact)."""
+    return (None if self.stats_sample is None
+            else measurement.sample_plan(tree, self.stats_sample))
+
+
+def _hyperparams_of(inner) -> tuple[dict, set]:
+  """``(name -> value, scheduled names)`` of ``inner``'s injected
+  hyperparameters; a ValueError if it has none or a name twice."""
+  injected = _inject_states(_probe(inner))
   if not injected:
     raise ValueError(
         "adapt: the inner optimizer must be built with "
@@ -362,7 +409,12 @@ def adapt(inner: optax.GradientTransformation,
         raise ValueError(f"adapt: hyperparameter {name!r} appears in more "
                          f"than one inject_hyperparams state")
       hyperparams[name] = value
+  return hyperparams, scheduled
 
+
+def _resolve_specs(coefficients, hyperparams, scheduled, noise) -> list:
+  """Each coefficient's spec, its ``init`` defaulting to the inner
+  optimizer's value (σ's to 0)."""
   specs = []
   for c in as_specs(coefficients):
     c = c if isinstance(c, Coefficient) else Coefficient(c)
@@ -382,24 +434,15 @@ def adapt(inner: optax.GradientTransformation,
       raise ValueError(
           f"adapt: coefficient {c.name!r} is not a hyperparameter of the "
           f"inner optimizer (it has {sorted(hyperparams)})")
-  names = [c.name for c in specs]
-  ctrl = controller_lib.controller(
-      specs, laws, filters=filters, brake=brake, step_size=step_size,
-      energy_weight=energy_weight, smooth=smooth)
-  momentum_field = _find_momentum_field(probe, momentum)
-  second_field = _find_second_moment_field(probe, momentum_field)
-  inf_value = (brake or controller_lib.Brake()).inf_value
-  # A σ held at a single value (σ = 0 by default) draws no noise at all.
-  noise = noise if noise in names else None
-  if noise is not None:
-    sigma_spec = next(c for c in specs if c.name == noise)
-    if sigma_spec.lower == sigma_spec.upper == 0.0:
-      noise = None
+  return specs
+
+
+def _check_config(names, hyperparams, step_size, noise, stats_sample):
   if step_size is not None and step_size not in names and (
       step_size not in hyperparams):
     raise ValueError(
         f"adapt: step_size={step_size!r} is neither an adapted coefficient "
-        f"({names}) nor a hyperparameter of the inner optimizer "
+        f"({list(names)}) nor a hyperparameter of the inner optimizer "
         f"({sorted(hyperparams)}); pass one of them or None")
   if noise is not None and not isinstance(noise, str):
     raise TypeError(f"adapt: noise must be a coefficient name or None, got "
@@ -408,15 +451,22 @@ def adapt(inner: optax.GradientTransformation,
     raise ValueError(f"adapt: stats_sample must be a positive element "
                      f"count or None, got {stats_sample}")
 
-  def plan_for(tree):
-    return (None if stats_sample is None
-            else measurement.sample_plan(tree, int(stats_sample)))
 
+def _drawn_noise(specs, noise) -> str | None:
+  """The σ coefficient's name if it can be non-zero: a σ held at a single
+  value (σ = 0 by default) draws no noise at all."""
+  spec = next((c for c in specs if c.name == noise), None)
+  if spec is None or spec.lower == spec.upper == 0.0:
+    return None
+  return noise
+
+
+def _init_fn(w: _Wiring):
   def init_fn(params):
-    cstate = ctrl.init()
-    inner_state = inner.init(params)
+    cstate = w.ctrl.init()
+    inner_state = w.inner.init(params)
     for s in _inject_states(inner_state):
-      for name in names:
+      for name in w.names:
         held = jnp.asarray(s.hyperparams.get(name, 0.0)).dtype
         if jnp.issubdtype(held, jnp.floating) and jnp.finfo(held).bits < 32:
           raise ValueError(
@@ -426,27 +476,61 @@ def adapt(inner: optax.GradientTransformation,
               f"ae.injected(...) or inject_hyperparams(..., "
               f"hyperparam_dtype=jnp.float32)")
     inner_state = write_hyperparams(inner_state, cstate.values)
-    key = jax.random.PRNGKey(seed)
-    plan = plan_for(params)
+    key = jax.random.PRNGKey(w.seed)
+    plan = w.plan(params)
     if plan is not None:
       starts = measurement.draw_starts(jax.random.fold_in(key, 1), params,
                                        plan)
       zeros = jax.tree.map(jnp.zeros_like, params)
       phase_ref = measurement.PhaseSample(
           starts, measurement.take_blocks(zeros, starts))
-    elif momentum_field:
+    elif w.momentum_field:
       phase_ref = ()
     else:
       phase_ref = jax.tree.map(jnp.zeros_like, params)
     return AdaptState(inner_state=inner_state, controller=cstate,
                       phase_ref=phase_ref, key=key)
 
-  def add_noise(updates, sigma, key):
-    def noisy(u):
-      xi = optax.tree.random_like(key, u)
-      return jax.tree.map(lambda a, b: a + (sigma * b).astype(a.dtype), u, xi)
+  return init_fn
 
-    return jax.lax.cond(sigma > 0, noisy, lambda u: u, updates)
+
+def _add_noise(updates, sigma, key):
+  def noisy(u):
+    xi = optax.tree.random_like(key, u)
+    return jax.tree.map(lambda a, b: a + (sigma * b).astype(a.dtype), u, xi)
+
+  return jax.lax.cond(sigma > 0, noisy, lambda u: u, updates)
+
+
+def _statistics(w: _Wiring, raw, grads, state: AdaptState, plan, dtype):
+  """The step's :class:`ae_jax.measurement.GradStats` of the raw gradient
+  (it counts non-finite entries, for the brake, and sanitises them the same
+  way) against the phase reference."""
+  if plan is not None:
+    return measurement.sampled_gradient_stats(
+        raw, state.phase_ref, dtype=dtype, inf_value=w.inf_value)
+  reference = (_phase_reference(state.inner_state, w.momentum_field,
+                                w.second_field, grads)
+               if w.momentum_field else state.phase_ref)
+  return measurement.gradient_stats(raw, reference, dtype,
+                                    inf_value=w.inf_value)
+
+
+def _next_phase_ref(w: _Wiring, inner_state, grads, plan, key):
+  """What the next step's ρ reads: blocks of this step's momentum (or
+  gradient), from the new state; the whole gradient without a momentum;
+  nothing when the momentum itself is read then."""
+  if plan is None:
+    return () if w.momentum_field else grads
+  new_ref = (_phase_reference(inner_state, w.momentum_field, w.second_field,
+                              grads) if w.momentum_field else grads)
+  starts = measurement.draw_starts(key, grads, plan)
+  return measurement.PhaseSample(starts,
+                                 measurement.take_blocks(new_ref, starts))
+
+
+def _update_fn(w: _Wiring):
+  inner_update = optax.with_extra_args_support(w.inner).update
 
   def update_fn(updates, state: AdaptState, params=None, *, value=None,
                 reward=None, **extra_args):
@@ -458,68 +542,45 @@ def adapt(inner: optax.GradientTransformation,
       raise TypeError(f"`value` must be the scalar loss, got shape "
                       f"{jnp.shape(value)}")
     dtype = state.controller.energy.dtype
-    grads = sanitize(updates, inf_value, _overflow_bound(updates, dtype))
+    grads = sanitize(updates, w.inf_value, _overflow_bound(updates, dtype))
     state = state._replace(controller=_adopt_overrides(
-        state.controller, state.inner_state, ctrl.specs))
+        state.controller, state.inner_state, w.ctrl.specs))
     key, stats_key, noise_key = jax.random.split(state.key, 3)
-    plan = plan_for(grads)
-    # Statistics read the raw gradient: they count non-finite entries (for
-    # the brake) and sanitise them the same way.
-    if plan is not None:
-      stats = measurement.sampled_gradient_stats(
-          updates, state.phase_ref, dtype=dtype, inf_value=inf_value)
-    elif momentum_field:
-      stats = measurement.gradient_stats(
-          updates, _phase_reference(state.inner_state, momentum_field,
-                                    second_field, grads),
-          dtype, inf_value=inf_value)
-    else:
-      stats = measurement.gradient_stats(updates, state.phase_ref, dtype,
-                                         inf_value=inf_value)
-    inner_update = optax.with_extra_args_support(inner).update
+    plan = w.plan(grads)
+    stats = _statistics(w, updates, grads, state, plan, dtype)
     extra_args = dict(extra_args, value=value)
     if reward is not None:
       extra_args["reward"] = reward
 
-    if delayed:
+    values, cstate = w.ctrl.step(state.controller, value, stats, reward)
+    scaled = _scaled(grads, cstate.signals.clip, w.filters)
+    if w.delayed:
+      # Step t's coefficients steer step t+1; without clipping the update
+      # does not depend on the controller step.
       applied = state.controller.values
-      # Without clipping the update does not depend on the controller step.
-      values, cstate = ctrl.step(state.controller, value, stats, reward)
-      updates, inner_state = inner_update(
-          _scaled(grads, cstate.signals.clip, filters), state.inner_state,
-          params, **extra_args)
-      alpha = applied[step_size] if step_size in applied else 1.0
+      updates, inner_state = inner_update(scaled, state.inner_state, params,
+                                          **extra_args)
+      alpha = applied[w.step_size] if w.step_size in applied else 1.0
       cstate = cstate._replace(signals=cstate.signals._replace(
           gamma=alpha * cstate.signals.gnorm))
       inner_state = write_hyperparams(inner_state, values)
     else:
-      values, cstate = ctrl.step(state.controller, value, stats, reward)
       applied = values
-      inner_state = write_hyperparams(state.inner_state, values)
       updates, inner_state = inner_update(
-          _scaled(grads, cstate.signals.clip, filters), inner_state, params,
+          scaled, write_hyperparams(state.inner_state, values), params,
           **extra_args)
 
-    if step_scale is not None:
-      factor = (step_scale(state.controller.count) if callable(step_scale)
-                else step_scale)
+    if w.step_scale is not None:
+      factor = (w.step_scale(state.controller.count)
+                if callable(w.step_scale) else w.step_scale)
       factor = jnp.asarray(factor, dtype)
       updates = jax.tree.map(lambda u: u * factor.astype(u.dtype), updates)
       cstate = cstate._replace(signals=cstate.signals._replace(
           gamma=factor * cstate.signals.gamma))
-    if noise is not None:
-      updates = add_noise(updates, applied[noise], noise_key)
-    if plan is not None:
-      # Blocks of this step's momentum (or gradient), read from the new
-      # state, for the next step's ρ.
-      new_ref = (_phase_reference(inner_state, momentum_field, second_field,
-                                  grads) if momentum_field else grads)
-      starts = measurement.draw_starts(stats_key, grads, plan)
-      phase_ref = measurement.PhaseSample(
-          starts, measurement.take_blocks(new_ref, starts))
-    else:
-      phase_ref = () if momentum_field else grads
+    if w.noise is not None:
+      updates = _add_noise(updates, applied[w.noise], noise_key)
+    phase_ref = _next_phase_ref(w, inner_state, grads, plan, stats_key)
     return updates, AdaptState(inner_state=inner_state, controller=cstate,
                                phase_ref=phase_ref, key=key)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return update_fn

@@ -61,12 +61,12 @@ print("d meta-loss / d W_p(learning_rate):",
 # %% [markdown]
 # ## Meta-training
 #
-# Each outer step draws 4 new tasks, unrolls 30 steps on each and takes an
+# Each outer step draws 2 new tasks, unrolls 30 steps on each and takes an
 # Adam step on the relative offsets of the gains (`ae.meta.Reparam`).
 
 # %%
 result = meta.meta_train(family, key=jax.random.PRNGKey(1), config=config,
-                         meta_steps=8, tasks_per_step=4,
+                         meta_steps=8, tasks_per_step=2,
                          meta_optimizer=optax.adam(0.05))
 history = result.history
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
@@ -90,7 +90,7 @@ plt.show()
 # Same tasks, initialisation and minibatch order for both gain sets.
 
 # %%
-held_out = meta.sample_tasks(family, jax.random.PRNGKey(12345), 8)
+held_out = meta.sample_tasks(family, jax.random.PRNGKey(12345), 4)
 before = meta.evaluate(default, family, held_out, config)
 after = meta.evaluate(result.gains, family, held_out, config)
 for label, ev in (("default gains", before), ("meta-learned", after)):

@@ -305,7 +305,10 @@ _SHARDED = textwrap.dedent("""
       # columns), and data-parallel with replicated parameters.
       layouts = [({"w": P(None, "data"), "b": P("data"), "v": P()}, P()),
                  ({"w": P(), "b": P(), "v": P()}, P("data"))]
-      for kind in (AxisType.Explicit, AxisType.Auto):
+      # Auto axes take the same code path for both presets: one suffices.
+      kinds = (AxisType.Explicit, AxisType.Auto) if name == "ae_adamw" else (
+          AxisType.Explicit,)
+      for kind in kinds:
         mesh = jax.make_mesh((8,), ("data",), axis_types=(kind,))
         for spec, data in layouts:
          with jax.set_mesh(mesh):
