@@ -186,6 +186,23 @@ class DriveGains(NamedTuple):
   leak: Any = 0.0         # Γ
 
 
+# The theory's drive rows, by coefficient name. Not in the presets' chain by
+# default: measured, they moved β1, β2 and the momentum open-loop and cost
+# final loss (docs/laws.md, AE-2); ``canonical_laws(..., drive=True)`` or a
+# ``LawGains`` (meta-learning) brings them back.
+CANONICAL_DRIVE = {
+    "learning_rate": DriveGains(progress=1.0, variance=1.0, phase=0.5,
+                                leak=0.01),
+    "momentum": DriveGains(phase_tanh=0.8, variance=0.6, leak=0.05),
+    "b1": DriveGains(phase_tanh=0.5, variance=0.3, leak=0.05),
+    "b2": DriveGains(variance=-0.5, leak=0.05),
+    "eps": DriveGains(variance=-0.5, phase=-0.5, leak=0.05),
+    "weight_decay": DriveGains(leak=0.05),
+}
+# The drive temperatures τ_p, τ_v, τ_r (the defaults of :func:`drive`).
+CANONICAL_TEMPERATURES = {"tau_p": 1.0, "tau_v": 1.0, "tau_r": 1.0}
+
+
 def drive_features(signals: measurement.Signals, *, rho_star=0.3,
                    tau_p=1.0, tau_v=1.0, tau_r=1.0, normalize: bool = True,
                    center: bool = True) -> dict[str, jax.Array]:
@@ -218,8 +235,10 @@ def drive_features(signals: measurement.Signals, *, rho_star=0.3,
               phase_tanh=jnp.tanh(phase))
 
 
-def drive(gains: Mapping[str, DriveGains], *, rho_star=0.3, tau_p=1.0,
-          tau_v=1.0, tau_r=1.0, normalize: bool = True,
+def drive(gains: Mapping[str, DriveGains], *, rho_star=0.3,
+          tau_p=CANONICAL_TEMPERATURES["tau_p"],
+          tau_v=CANONICAL_TEMPERATURES["tau_v"],
+          tau_r=CANONICAL_TEMPERATURES["tau_r"], normalize: bool = True,
           center: bool = True) -> optax.GradientTransformationExtraArgs:
   """AE-2, the constitutive drive: adds :math:`u_t` to the updates.
 
@@ -247,6 +266,18 @@ def drive(gains: Mapping[str, DriveGains], *, rho_star=0.3, tau_p=1.0,
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` over the coefficients.
+
+  Examples:
+    >>> import ae_jax as ae
+    >>> laws = ae.laws.drive(
+    ...     {"learning_rate": ae.laws.DriveGains(progress=1.0, variance=1.0)})
+    >>> rows = ae.laws.CANONICAL_DRIVE   # the theory's rows, by name
+
+  References:
+    Kivinen and Warmuth, `Exponentiated Gradient versus Gradient Descent for
+    Linear Predictors <https://doi.org/10.1006/inco.1996.2612>`_,
+    Information and Computation 132(1), 1997 (the multiplicative update the
+    drive feeds through :func:`evolve`).
   """
   gains = dict(gains)
   for name, row in gains.items():
@@ -273,9 +304,15 @@ def drive(gains: Mapping[str, DriveGains], *, rho_star=0.3, tau_p=1.0,
 
 # -- AE-4: noise law ----------------------------------------------------------
 
+# κ_s, κ_u, κ_v, κ_a: the canonical gains of the noise law (its defaults).
+CANONICAL_NOISE = {"stall": 0.5, "uncertainty": 0.4, "instability": 0.4,
+                   "quality": 0.2}
 
-def noise(coefficient: str = "sigma", *, stall=0.5, uncertainty=0.4,
-          instability=0.4, quality=0.2, stall_threshold=0.25,
+
+def noise(coefficient: str = "sigma", *, stall=CANONICAL_NOISE["stall"],
+          uncertainty=CANONICAL_NOISE["uncertainty"],
+          instability=CANONICAL_NOISE["instability"],
+          quality=CANONICAL_NOISE["quality"], stall_threshold=0.25,
           quality_target=0.5, smooth=False,
           ) -> optax.GradientTransformationExtraArgs:
   """AE-4, the noise law: the drive of the exploration temperature σ.
@@ -303,6 +340,20 @@ def noise(coefficient: str = "sigma", *, stall=0.5, uncertainty=0.4,
     smooth: replace the stall indicator by
       ``sigmoid((1 - |T|/ε_T) / τ)`` (AE-9); ``True`` uses
       :data:`DEFAULT_TEMPERATURE`, a number is the temperature τ.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` over the coefficients.
+
+  Examples:
+    >>> import optax, ae_jax as ae
+    >>> laws = optax.chain(ae.laws.noise("sigma"),
+    ...                    ae.laws.evolve({"sigma": 0.01}))
+
+  References:
+    Neelakantan et al., `Adding Gradient Noise Improves Learning for Very
+    Deep Networks <https://arxiv.org/abs/1511.06807>`_, 2015;
+    Welling and Teh, Bayesian Learning via Stochastic Gradient Langevin
+    Dynamics, ICML 2011.
   """
   temp = temperature(smooth)
 
@@ -323,6 +374,11 @@ def noise(coefficient: str = "sigma", *, stall=0.5, uncertainty=0.4,
 # -- AE-7: coupling -----------------------------------------------------------
 
 _MOMENTUM_LIKE = ("momentum", "b1", "b2", "beta", "beta1", "beta2", "decay")
+
+# The canonical off-diagonal of C over (α, the momentum-like coefficient): a
+# mild negative α ↔ β coupling (the theory's prediction 1). Off in the
+# presets by default (``canonical_laws(..., coupling=True)``).
+CANONICAL_COUPLING = -0.1
 
 
 def coupling_feature(name: str, value):
@@ -352,6 +408,20 @@ def coupling(matrix, names: Sequence[str], *, center: bool = True,
     saturate: pass ``ζ - ζ̄`` through ``tanh``, so a coefficient pinned far
       from its anchor (α at its floor is -6.9 in log) cannot outvote the
       other coefficient's own drive; ``False`` is linear, as the theory.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` over the coefficients.
+
+  Examples:
+    >>> import ae_jax as ae
+    >>> c = ae.laws.CANONICAL_COUPLING
+    >>> law = ae.laws.coupling([[0.0, c], [c, 0.0]],
+    ...                        ["learning_rate", "momentum"])
+
+  References:
+    Smith, Kindermans, Ying and Le, `Don't Decay the Learning Rate, Increase
+    the Batch Size <https://arxiv.org/abs/1711.00489>`_, ICLR 2018 (the SGD
+    noise scale ε/(1 − m) couples the rate and the momentum).
   """
   names = tuple(names)
   matrix = jnp.asarray(matrix)
@@ -386,6 +456,13 @@ def barrier(z, lower, upper, width=0.5):
                   + jax.nn.softplus((lower - z) / width))
 
 
+# The canonical meta-steps η of AE-3 (per step, in z units).
+CANONICAL_ETA = {
+    "learning_rate": 0.01, "momentum": 0.01, "b1": 0.01, "b2": 0.01,
+    "eps": 0.01, "weight_decay": 0.01, "sigma": 0.01,
+}
+
+
 def evolve(eta: Mapping[str, Any], *, barrier_gain=1.0,
            barrier_width=None) -> optax.GradientTransformationExtraArgs:
   """AE-3, multiplicative evolution: turns the drive into a step in ``z``.
@@ -403,6 +480,20 @@ def evolve(eta: Mapping[str, Any], *, barrier_gain=1.0,
     barrier_gain: weight of the smooth barrier ψ_Ω (0 disables it).
     barrier_width: width of ψ_Ω in ``z`` units; None uses
       ``geometry.width`` (1% of each coefficient's interval, at most 0.5).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` over the coefficients: its
+    updates are the steps Δz.
+
+  Examples:
+    >>> import ae_jax as ae
+    >>> law = ae.laws.evolve({"learning_rate": 0.01, "momentum": 0.01})
+    >>> law = ae.laws.evolve(ae.laws.CANONICAL_ETA)
+
+  References:
+    Kivinen and Warmuth, `Exponentiated Gradient versus Gradient Descent for
+    Linear Predictors <https://doi.org/10.1006/inco.1996.2612>`_,
+    Information and Computation 132(1), 1997.
   """
   eta = dict(eta)
   check_nonnegative("ae_jax.laws.evolve: ", barrier_gain=barrier_gain,
@@ -439,6 +530,11 @@ class GaugeState(NamedTuple):
   target: chex.Array  # γ*; 0 until calibrated when auto
 
 
+# η_γ of the gauge in the presets (``canonical_laws(..., gauge=True)``;
+# ae_sgdm's chain). The law's own default, 1e-3, is the reference's.
+CANONICAL_GAUGE_ETA = 1e-2
+
+
 def gauge(coefficient: str = "learning_rate", *, eta=1e-3, target=None,
           warmup: int = 200, calibration=0.8, track_decay=0.99,
           fallback=None, filter_mode: str = "debiased",
@@ -463,6 +559,19 @@ def gauge(coefficient: str = "learning_rate", *, eta=1e-3, target=None,
       which pulls α toward 1e-2/‖g‖ before anything is known of the problem.
     filter_mode: EMA flavour of the tracker, see
       :class:`ae_jax.measurement.FilterConfig`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` over the coefficients.
+
+  Examples:
+    >>> import ae_jax as ae
+    >>> law = ae.laws.gauge("learning_rate", eta=ae.laws.CANONICAL_GAUGE_ETA,
+    ...                     warmup=50)
+
+  References:
+    Hazan, Levy and Shalev-Shwartz, `Beyond Convexity: Stochastic
+    Quasi-Convex Optimization <https://arxiv.org/abs/1507.02030>`_, NeurIPS
+    2015 (normalised gradient descent: a step of fixed length α‖g‖).
   """
   check_positive("ae_jax.laws.gauge: ", target=target,
                  calibration=calibration)
@@ -508,6 +617,17 @@ def gauge(coefficient: str = "learning_rate", *, eta=1e-3, target=None,
 # -- AE-5 phase term, hypergradient form ------------------------------------
 
 
+# κ_max of the canonical step-size law (its default ``gain``) and the decay
+# of its ρ filter in the presets.
+CANONICAL_HYPERGRADIENT = 0.2
+HYPERGRADIENT_DECAY = 0.5
+# Reversals count twice in the Adam presets (docs/laws.md, "Reversal
+# weight"); ae_sgdm keeps 1 (the robustness sweep measured 2 costing it 3
+# held-out cells).
+HYPERGRADIENT_REVERSAL_WEIGHT = 2.0
+SGDM_REVERSAL_WEIGHT = 1.0
+
+
 class HypergradientState(NamedTuple):
   """State of :func:`hypergradient`: EMAs of ρ and ρ², the current gain κ_t
   and the last normalised hypergradient."""
@@ -519,7 +639,8 @@ class HypergradientState(NamedTuple):
   last: chex.Array
 
 
-def hypergradient(coefficient: str = "learning_rate", *, gain=0.2,
+def hypergradient(coefficient: str = "learning_rate", *,
+                  gain=CANONICAL_HYPERGRADIENT,
                   min_gain=None, grow=1.2, shrink=0.5, decay=0.7,
                   square_decay=0.99, reversal_weight=1.0,
                   filter_mode: str = "debiased",
@@ -571,6 +692,14 @@ def hypergradient(coefficient: str = "learning_rate", *, gain=0.2,
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` over the coefficients.
+
+  Examples:
+    >>> import optax, ae_jax as ae
+    >>> laws = optax.chain(
+    ...     ae.laws.evolve({"learning_rate": 0.01}),
+    ...     ae.laws.hypergradient("learning_rate",
+    ...                           decay=ae.laws.HYPERGRADIENT_DECAY,
+    ...                           reversal_weight=2.0))
 
   References:
     Baydin et al., `Online Learning Rate Adaptation with Hypergradient
@@ -638,6 +767,15 @@ def hypergradient(coefficient: str = "learning_rate", *, gain=0.2,
 # -- AE-6: budget -------------------------------------------------------------
 
 
+# The canonical trust region |Δz| per step (AE-6; ``canonical_laws(...,
+# budget=True)``): the reference's max_dlog_alpha, max_d_mu, max_dlog_sigma
+# and the same order for the others.
+CANONICAL_MAX_STEP = {
+    "learning_rate": 0.25, "momentum": 0.02, "b1": 0.05, "b2": 0.05,
+    "eps": 0.1, "weight_decay": 0.05, "sigma": 0.1,
+}
+
+
 class BudgetState(NamedTuple):
   """State of :func:`budget`: the dual variable λ of the power constraint."""
 
@@ -669,6 +807,19 @@ def budget(max_step: Mapping[str, Any] | None = None, *, bound=None,
     smooth: AE-9 surrogates: the trust region becomes
       ``m·softclip(Δz/m, ±1; τ)`` and ``[·]_+`` becomes
       ``τB·softplus(·/(τB))``; ``True`` uses :data:`DEFAULT_TEMPERATURE`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` over the coefficients.
+
+  Examples:
+    >>> import ae_jax as ae
+    >>> law = ae.laws.budget(ae.laws.CANONICAL_MAX_STEP)
+    >>> law = ae.laws.budget({"learning_rate": 0.25}, bound=0.1,
+    ...                      eta_dual=0.5)
+
+  References:
+    Conn, Gould and Toint, `Trust-Region Methods
+    <https://doi.org/10.1137/1.9780898719857>`_, SIAM 2000.
   """
   temp = temperature(smooth)
   max_step = {k: v for k, v in (max_step or {}).items() if v is not None}
@@ -738,6 +889,20 @@ def resonance(coefficient: str = "learning_rate", *, variance_max=4.0,
     rho_star: ρ* of the phase term.
     smooth: see above; ``True`` uses :data:`DEFAULT_TEMPERATURE`, a number
       is the temperature τ.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` over the coefficients.
+
+  Examples:
+    >>> import ae_jax as ae
+    >>> law = ae.laws.resonance("learning_rate", variance_max=4.0,
+    ...                         shrink=0.25)
+
+  References:
+    Jacobs, `Increased Rates of Convergence Through Learning Rate Adaptation
+    <https://doi.org/10.1016/0893-6080(88)90003-2>`_, Neural Networks 1(4),
+    1988 (delta-bar-delta: cut the rate when successive gradients
+    disagree).
   """
   temp = temperature(smooth)
 
@@ -805,6 +970,20 @@ def safety(coefficient: str = "learning_rate", *, margin=0.1, rate=0.05,
       when the loss sits above it (1: a running minimum).
     smooth: AE-9: the indicator becomes ``sigmoid(e_t / τ)``; ``True`` uses
       :data:`DEFAULT_TEMPERATURE`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` over the coefficients.
+
+  Examples:
+    >>> import ae_jax as ae
+    >>> law = ae.laws.safety("learning_rate", margin=0.1, rate=0.05)
+
+  References:
+    Armijo, `Minimization of Functions Having Lipschitz Continuous First
+    Partial Derivatives <https://doi.org/10.2140/pjm.1966.16.1>`_, Pacific
+    Journal of Mathematics 16(1), 1966 (accept a rate only while the
+    objective decreases enough); Khalil, Nonlinear Systems, 3rd ed.,
+    Prentice Hall 2002, ch. 4 (Lyapunov stability).
   """
   temp = temperature(smooth)
   check_positive("ae_jax.laws.safety: ", margin=margin, rate=rate)

@@ -31,6 +31,13 @@ import optax
 
 from ae_jax import laws
 from ae_jax import measurement
+# The canonical gains live beside their laws (ae_jax/laws.py); the presets
+# read them from there and re-export them under their old names.
+from ae_jax.laws import (CANONICAL_COUPLING, CANONICAL_DRIVE, CANONICAL_ETA,
+                         CANONICAL_GAUGE_ETA, CANONICAL_HYPERGRADIENT,
+                         CANONICAL_MAX_STEP, CANONICAL_NOISE,
+                         CANONICAL_TEMPERATURES, HYPERGRADIENT_DECAY,
+                         HYPERGRADIENT_REVERSAL_WEIGHT, SGDM_REVERSAL_WEIGHT)
 from ae_jax._adapt import adapt
 from ae_jax.coefficient import Coefficient, check_positive
 from ae_jax._controller import Brake
@@ -38,29 +45,6 @@ from ae_jax._controller import Brake
 LEARNING_RATE = "learning_rate"
 SIGMA = "sigma"
 
-# The theory's drive rows (AE-2), by coefficient name. Not in the canonical
-# chain by default: measured, they moved β1, β2 and the momentum open-loop and
-# cost final loss (docs/laws.md); ``canonical_laws(..., drive=True)`` or a
-# ``LawGains`` (meta-learning) brings them back.
-CANONICAL_DRIVE = {
-    "learning_rate": laws.DriveGains(progress=1.0, variance=1.0, phase=0.5,
-                                     leak=0.01),
-    "momentum": laws.DriveGains(phase_tanh=0.8, variance=0.6, leak=0.05),
-    "b1": laws.DriveGains(phase_tanh=0.5, variance=0.3, leak=0.05),
-    "b2": laws.DriveGains(variance=-0.5, leak=0.05),
-    "eps": laws.DriveGains(variance=-0.5, phase=-0.5, leak=0.05),
-    "weight_decay": laws.DriveGains(leak=0.05),
-}
-# Canonical meta-steps η (per step, in z units).
-CANONICAL_ETA = {
-    "learning_rate": 0.01, "momentum": 0.01, "b1": 0.01, "b2": 0.01,
-    "eps": 0.01, "weight_decay": 0.01, "sigma": 0.01,
-}
-# Canonical trust region |Δz| per step (AE-6).
-CANONICAL_MAX_STEP = {
-    "learning_rate": 0.25, "momentum": 0.02, "b1": 0.05, "b2": 0.05,
-    "eps": 0.1, "weight_decay": 0.05, "sigma": 0.1,
-}
 # Gradient statistics of models above this many parameters are estimated from
 # a random sample of this many elements (see measurement.gradient_stats).
 STATS_SAMPLE = 2**16
@@ -68,27 +52,10 @@ STATS_SAMPLE = 2**16
 # A gradient above this multiple of its running norm is scaled down to it
 # (measurement.FilterConfig.grad_clip).
 GRAD_CLIP = 4.0
-# The step-size law (laws.hypergradient): κ_max, the largest log-step per step
-# (its Rprop-like gain starts there), and the decay of its ρ filter.
-CANONICAL_HYPERGRADIENT = 0.2
-HYPERGRADIENT_DECAY = 0.5
-# Reversals count twice (docs/laws.md, "Reversal weight"); ae_sgdm keeps 1
-# (the robustness sweep measured 2 costing it 3 held-out cells).
-HYPERGRADIENT_REVERSAL_WEIGHT = 2.0
-SGDM_REVERSAL_WEIGHT = 1.0
 # Ω of α relative to the given rate α₀, and the warm start: α begins at
 # WARM_START · α₀ and climbs on the hypergradient (a decade in ~12 steps).
 LEARNING_RATE_RANGE = (1e-6, 1e4)
 WARM_START = 1e-3
-# AE-7: a mild negative α ↔ β coupling (the theory's prediction 1).
-CANONICAL_COUPLING = -0.1
-# AE-8: η_γ of the gauge.
-CANONICAL_GAUGE_ETA = 1e-2
-# AE-4: the noise law's κ_s, κ_u, κ_v, κ_a (laws.noise defaults).
-CANONICAL_NOISE = {"stall": 0.5, "uncertainty": 0.4, "instability": 0.4,
-                   "quality": 0.2}
-# AE-2: the drive temperatures τ_p, τ_v, τ_r.
-CANONICAL_TEMPERATURES = {"tau_p": 1.0, "tau_v": 1.0, "tau_r": 1.0}
 FILTER_DECAYS = ("loss_mean", "trend", "variance", "grad_variance",
                  "reference")
 
@@ -170,6 +137,33 @@ def filter_config(gains: LawGains | None) -> measurement.FilterConfig:
   return measurement.FilterConfig(grad_clip=GRAD_CLIP, **decays)
 
 
+def _resolve_gains(names, gains, eta) -> LawGains:
+  """``gains`` as a full :class:`LawGains`: the canonical gains with a
+  mapping's drive rows and ``eta`` overrides, or a given ``LawGains`` as is;
+  checks that every name has a meta-step."""
+  if not isinstance(gains, LawGains):
+    full = default_gains(names)._replace(
+        drive=dict(CANONICAL_DRIVE, **(gains or {})),
+        eta=dict(CANONICAL_ETA, **(eta or {})))
+    # Plain floats keep the default chain free of device constants.
+    gains = full._replace(
+        phase=0.0, gauge=CANONICAL_GAUGE_ETA, noise=dict(CANONICAL_NOISE),
+        coupling=[[0.0, CANONICAL_COUPLING], [CANONICAL_COUPLING, 0.0]],
+        temperatures=dict(CANONICAL_TEMPERATURES),
+        hypergradient=CANONICAL_HYPERGRADIENT)
+  elif eta is not None:
+    raise ValueError("canonical_laws: pass eta inside the LawGains, not as "
+                     "a separate argument")
+  unknown = [n for n in names if n not in gains.eta]
+  if unknown:
+    raise ValueError(
+        f"canonical_laws: no canonical gains for {unknown} (it knows "
+        f"{sorted(gains.eta)}); build the chain for other coefficients from "
+        f"ae_jax.laws, e.g. optax.chain(ae.laws.drive(...), "
+        f"ae.laws.evolve(...))")
+  return gains
+
+
 def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
                    hypergradient: bool = True, noise: bool = True,
                    budget: bool = False, resonance: bool = False,
@@ -221,28 +215,8 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
   names = list(names)
   if drive is None:
     drive = gains is not None
-  if not isinstance(gains, LawGains):
-    full = default_gains(names)._replace(
-        drive=dict(CANONICAL_DRIVE, **(gains or {})),
-        eta=dict(CANONICAL_ETA, **(eta or {})))
-    # Plain floats keep the default chain free of device constants.
-    full = full._replace(
-        phase=0.0, gauge=CANONICAL_GAUGE_ETA, noise=dict(CANONICAL_NOISE),
-        coupling=[[0.0, CANONICAL_COUPLING], [CANONICAL_COUPLING, 0.0]],
-        temperatures=dict(CANONICAL_TEMPERATURES),
-        hypergradient=CANONICAL_HYPERGRADIENT)
-    gains = full
-  elif eta is not None:
-    raise ValueError("canonical_laws: pass eta inside the LawGains, not as "
-                     "a separate argument")
+  gains = _resolve_gains(names, gains, eta)
   rows, steps = gains.drive, gains.eta
-  unknown = [n for n in names if n not in steps]
-  if unknown:
-    raise ValueError(
-        f"canonical_laws: no canonical gains for {unknown} (it knows "
-        f"{sorted(steps)}); build the chain for other coefficients from "
-        f"ae_jax.laws, e.g. optax.chain(ae.laws.drive(...), "
-        f"ae.laws.evolve(...))")
   chain = []
   if drive:
     chain.append(laws.drive({n: rows[n] for n in names if n in rows},

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ae_jax import laws
 from ae_jax import presets
 from ae_jax.coefficient import Coefficient
 from ae_jax.swarm._selection import SELECTIONS
@@ -150,7 +151,7 @@ def ae_adamw_family(learning_rate: float = 3e-4, b1: float = 0.9,
       learning_rate, b1, b2, eps, weight_decay, learning_rate_bounds=bounds,
       warm_start=1.0))
   names = [c.name for c in specs]
-  base_row = presets.CANONICAL_DRIVE["learning_rate"]
+  base_row = laws.CANONICAL_DRIVE["learning_rate"]
 
   def make(prior):
     row = base_row._replace(
