@@ -167,7 +167,6 @@ def exp13(p):
          "ae_adam+safety": 1.0, "ae_adamw+safety": 1.0,
          "ae_sgdm+safety": 100.0}
   results, rows, _ = _run_all(task, list(lrs), seeds, learning_rates=lrs)
-  extra = []
   preds = []
   for r, row in zip(results, rows):
     tts = M.time_to_stability(r.loss)
@@ -537,6 +536,69 @@ def exp17(p):
 
 
 # ---------------------------------------------------------------------------
+
+
+def _drift_experiment(p, name, what):
+  """Experiments 4 and 5 on the drift tasks of ``benchmarks/drift.py`` (the
+  same measurement: time to recover, time to a common level, regret against
+  the hindsight-best fixed adamw rate), every peer of its method list."""
+  from benchmarks import drift
+  seeds = list(range(1, p["seeds"] + 1))
+  base = T.get(name)
+  task = T.get(name, steps=base.steps * p["scale"])
+  data = drift.measure(task, list(drift.METHODS), seeds)
+  fig = _fig(f"exp_{name}.png")
+  drift.plot(task, data, fig)
+  m = data["methods"]
+  ratio = lambda k, a, b: float(np.mean(m[a][k])) / float(np.mean(m[b][k]))
+  preds = [{
+      "prediction": f"{what}: AE halves the recovery steps after a switch "
+                    "(ae_adamw ≤ 0.5x adamw from the same start)",
+      "measured": f"ae_adamw / adamw time to recover (own level) "
+                  f"{ratio('ttr', 'ae_adamw', 'adamw'):.2f}x, to the common "
+                  f"level {ratio('ttl', 'ae_adamw', 'adamw'):.2f}x; / "
+                  f"mechanize {ratio('ttl', 'ae_adamw', 'mechanize_adam'):.2f}x"
+                  " (common level)",
+      "verdict": ("holds" if ratio("ttr", "ae_adamw", "adamw") <= 0.5
+                  and ratio("ttl", "ae_adamw", "adamw") <= 0.5 else "fails")}]
+  md = "\n\n".join([
+      f"Seeds {seeds[0]}..{seeds[-1]}; every method from its registry default "
+      "rate, same initialisation and data order. Time to recover: steps after "
+      "each switch until the 25-step mean training loss is back within 10 % "
+      "of its own pre-switch level (never = the whole period); time to "
+      "common level: the same against the pre-switch level of the "
+      "hindsight-best fixed adamw rate, one level for all; regret: AUC of "
+      "the metric minus that of the hindsight-best fixed adamw rate "
+      "(positive = worse). The same measurement as the drift section "
+      "(`python -m benchmarks.drift`).",
+      drift.table(task, data), "\n".join(f"* {v}" for v in
+                                         drift.verdicts(task, data)),
+      f"![{name}]({_rel(fig)})"])
+  return {"markdown": md, "predictions": preds}
+
+
+@experiment("4", "Experiment 4: rotating input corruptions (drift_digits)")
+def exp4(p):
+  return _drift_experiment(p, "drift_digits",
+                           "rotating corruptions (noise, blur, permutation)")
+
+
+@experiment("5", "Experiment 5: class-subset shift (drift_classes)")
+def exp5(p):
+  return _drift_experiment(p, "drift_classes", "class-subset shift")
+
+
+def _register_menu():
+  """The menu experiments of :mod:`ae_jax.bench.menu` (6, 11, 12, 14, 15,
+  curriculum), run and assembled like the optimizer experiments above."""
+  from ae_jax.bench import menu
+  for eid in menu.ids():
+    exp = menu.get(eid)
+    EXPERIMENTS[eid] = (exp.title,
+                        lambda p, exp=exp: exp.run(p, str(FIGURES)))
+
+
+_register_menu()
 
 
 def machine_line() -> str:

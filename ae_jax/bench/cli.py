@@ -220,6 +220,10 @@ def _run_compare(args: argparse.Namespace) -> int:
     print("groups: " + ", ".join(f"{k} ({','.join(v)})"
                                  for k, v in optimizers.GROUPS.items()))
     print("any optimizer followed by @tuned: learning rate tuned on seed 0")
+    from ae_jax.bench import menu
+    print("menu experiments (ae-jax menu ID): " + ", ".join(
+        f"{i} ({menu.get(i).description or menu.get(i).title})"
+        for i in menu.ids()))
     return 0
   names = [n for n in args.optimizers.split(",") if n]
   try:
@@ -266,9 +270,51 @@ def _add_compare(subparsers) -> None:
   p.set_defaults(handler=_run_compare)
 
 
+def _run_menu(args: argparse.Namespace) -> int:
+  from ae_jax.bench import menu
+
+  if args.list or not args.id:
+    for i in menu.ids():
+      print(f"{i}: {menu.get(i).title}")
+    return 0
+  try:
+    exp = menu.get(args.id)
+  except KeyError as e:
+    print(f"ae-jax menu: {e.args[0]}", file=sys.stderr)
+    return 2
+  profile = dict(menu.PROFILES[args.profile])
+  if args.seeds is not None:
+    profile["seeds"] = args.seeds
+  out = exp.run(profile, None if args.no_plot else args.out)
+  print(out["markdown"])
+  for row in out.get("predictions", []):
+    print(f"- {row['prediction']}: {row['measured']} ({row['verdict']})")
+  return 0
+
+
+def _add_menu(subparsers) -> None:
+  p = subparsers.add_parser(
+      "menu", help="the theory's experiment menu (6, 11, 12, 14, 15, ...)",
+      description=(
+          "Runs one experiment of ae_jax.bench.menu (AE-RL, plateau escape, "
+          "the coupling curve, AEONet, AEO-Eq, AE-Curriculum) and prints its "
+          "tables and predictions."))
+  p.add_argument("id", nargs="?", default=None,
+                 help="experiment id (omit, or --list, to list them)")
+  p.add_argument("--list", action="store_true", help="list and exit")
+  p.add_argument("--profile", choices=("quick", "full"), default="quick",
+                 help="quick (CPU) or full (GPU) (default: %(default)s)")
+  p.add_argument("--seeds", type=_positive_int, default=None,
+                 help="evaluation seeds 1..N (default: the profile's)")
+  p.add_argument("--out", default="menu_figures",
+                 help="folder for the PNG figures (default: %(default)s)")
+  p.add_argument("--no-plot", action="store_true", help="skip the figures")
+  p.set_defaults(handler=_run_menu)
+
+
 # Subcommand registrars, in the order `--help` lists them.
 SUBCOMMANDS: tuple[Callable, ...] = (_add_demo, _add_machine, _add_swarm,
-                                     _add_compare)
+                                     _add_compare, _add_menu)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -294,15 +340,17 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     return args.handler(args)
   except ModuleNotFoundError as e:
-    if e.name not in _BENCH_EXTRA:
+    extra = _EXTRA_OF.get(e.name)
+    if extra is None:
       raise
-    print(f"ae-jax {args.command} needs {e.name}, which comes with the bench "
-          f"extra: pip install 'ae-jax[bench]'", file=sys.stderr)
+    print(f"ae-jax {args.command} needs {e.name}, which comes with the "
+          f"{extra} extra: pip install 'ae-jax[{extra}]'", file=sys.stderr)
     return 2
 
 
-# Top-level modules of the ``bench`` extra's packages.
-_BENCH_EXTRA = ("sklearn", "matplotlib", "tqdm", "optuna")
+# Top-level modules of the extras' packages -> the extra that brings them.
+_EXTRA_OF = {"sklearn": "bench", "matplotlib": "bench", "tqdm": "bench",
+             "optuna": "swarm", "gymnax": "rl"}
 
 
 if __name__ == "__main__":
