@@ -19,11 +19,11 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
-import chex
 import jax
 import jax.numpy as jnp
 import optax
 
+from ae_jax import _packing as packing
 from ae_jax import laws as laws_lib
 from ae_jax import measurement
 from ae_jax.coefficient import Coefficient, as_specs
@@ -108,8 +108,20 @@ class CoefficientMap(Mapping):
     return cls(zip(names, children))
 
 
-class ControllerState(NamedTuple):
+_STATE_FIELDS = ("count", "z", "values", "filters", "signals", "laws",
+                 "energy")
+
+
+@jax.tree_util.register_pytree_with_keys_class
+class ControllerState:
   """State of a :func:`controller` (all scalars, at least float32).
+
+  Read and built like a NamedTuple (``state.z``, ``state._replace(...)``,
+  ``ControllerState(count=..., ...)``), but stored packed: its pytree leaves
+  are one flat buffer per dtype (the floats, the int32 counters), so a
+  jitted step passes two or three buffers instead of ~50 scalars (see
+  ``ae_jax/_packing.py``). A vmapped or stacked population of controllers
+  has buffers of shape ``(M, n)``; the fields then read with a leading M.
 
   Attributes:
     count: steps taken.
@@ -123,13 +135,77 @@ class ControllerState(NamedTuple):
     energy: the Lyapunov energy 𝒱_t of AE-10 after the last step.
   """
 
-  count: chex.Array
-  z: dict
-  values: dict
-  filters: measurement.FilterState
-  signals: measurement.Signals
-  laws: Any
-  energy: chex.Array
+  __slots__ = ("_layout", "_buffers", "_fields_cache")
+  _fields = _STATE_FIELDS
+
+  def __init__(self, count, z, values, filters, signals, laws, energy):
+    fields = (count, z, values, filters, signals, laws, energy)
+    # ``count`` is one scalar per controller: its dimensions are batch ones.
+    self._layout, self._buffers = packing.pack(fields,
+                                               batch_ndim=jnp.ndim(count))
+    self._fields_cache = fields
+
+  @classmethod
+  def _from_buffers(cls, layout, buffers):
+    obj = object.__new__(cls)
+    obj._layout, obj._buffers, obj._fields_cache = layout, tuple(buffers), None
+    return obj
+
+  def _unpacked(self) -> tuple:
+    if self._fields_cache is None:
+      self._fields_cache = packing.unpack(self._layout, self._buffers)
+    return self._fields_cache
+
+  def _asdict(self) -> dict:
+    return dict(zip(_STATE_FIELDS, self._unpacked()))
+
+  def _replace(self, **changes) -> "ControllerState":
+    unknown = set(changes) - set(_STATE_FIELDS)
+    if unknown:
+      raise ValueError(f"ControllerState has no fields {sorted(unknown)}")
+    return ControllerState(**{**self._asdict(), **changes})
+
+  def __repr__(self):
+    if not all(hasattr(b, "shape") and jnp.ndim(b) >= 1
+               for b in self._buffers):
+      # leaves that are not buffers (a tree_map to dtypes, shardings, ...)
+      return "ControllerState(" + ", ".join(
+          f"packed_{g}={b!r}" for g, b in zip(self._layout.groups,
+                                                self._buffers)) + ")"
+    return "ControllerState(" + ", ".join(
+        f"{k}={v!r}" for k, v in self._asdict().items()) + ")"
+
+  def __eq__(self, other):
+    # As a NamedTuple's: same structure (the layout holds every field's
+    # structure, dtype and shape) and equal leaves.
+    if not isinstance(other, ControllerState):
+      return NotImplemented
+    return (self._layout == other._layout
+            and tuple(self._buffers) == tuple(other._buffers))
+
+  __hash__ = None
+
+  def tree_flatten_with_keys(self):
+    return ([(jax.tree_util.GetAttrKey(f"packed_{g}"), b)
+             for g, b in zip(self._layout.groups, self._buffers)],
+            self._layout)
+
+  def tree_flatten(self):
+    return list(self._buffers), self._layout
+
+  @classmethod
+  def tree_unflatten(cls, layout, buffers):
+    return cls._from_buffers(layout, buffers)
+
+
+def _field(index: int, name: str):
+  return property(lambda self: self._unpacked()[index],
+                  doc=f"The ``{name}`` field (unpacked on access).")
+
+
+for _i, _name in enumerate(_STATE_FIELDS):
+  setattr(ControllerState, _name, _field(_i, _name))
+del _i, _name
 
 
 class Controller(NamedTuple):
