@@ -212,15 +212,15 @@ def _add_swarm(subparsers) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-  from ae_jax.bench import optimizers, report, tasks
+  from ae_jax.bench import menu, optimizers, report, tasks
 
+  menu.ids()  # the menu's modules register their own tasks (plateau, ...)
   if args.list:
     print("tasks: " + ", ".join(tasks.names()))
     print("optimizers: " + ", ".join(optimizers.names()))
     print("groups: " + ", ".join(f"{k} ({','.join(v)})"
                                  for k, v in optimizers.GROUPS.items()))
     print("any optimizer followed by @tuned: learning rate tuned on seed 0")
-    from ae_jax.bench import menu
     print("menu experiments (ae-jax menu ID): " + ", ".join(
         f"{i} ({menu.get(i).description or menu.get(i).title})"
         for i in menu.ids()))
