@@ -279,6 +279,54 @@ def _validate_brake(brake: Brake, specs: Sequence[Coefficient]) -> None:
     raise ValueError(f"Brake.inf_value must be >= 0, got {brake.inf_value}")
 
 
+def _brake_trigger(brake: Brake, filters, sig, stats, loss, temp, dtype):
+  """How much the brake fires this step: 1 on a non-finite loss or
+  gradient, else the (soft) test of ``‖g‖`` and ``|loss|`` against the
+  limits."""
+  nonfinite = ~jnp.isfinite(sig.gnorm)
+  if brake.nonfinite_grad:
+    nonfinite = nonfinite | (stats.nonfinite > 0)
+  # With the gradient clip on, what reaches the base is the clipped
+  # gradient (an absurd one, above grad_limit, is skipped): the clip has
+  # answered in proportion, so only a non-finite gradient still brakes.
+  applied = sig.gnorm * sig.clip if filters.grad_clip is not None else (
+      sig.gnorm)
+  fire = laws_lib.gate(
+      jnp.log(jnp.where(nonfinite, 1.0, applied) / brake.grad_limit), temp)
+  if brake.loss_limit is not None:
+    nonfinite = nonfinite | ~jnp.isfinite(loss)
+    size = jnp.maximum(jnp.abs(jnp.where(jnp.isfinite(loss), loss, 0.0)),
+                       1e-30)
+    fire = laws_lib.either(
+        fire, laws_lib.gate(jnp.log(size / brake.loss_limit), temp))
+  return jnp.where(nonfinite, 1.0, fire).astype(dtype)
+
+
+def _apply_brake(specs, brake: Brake, z: dict, fire, temp, dtype) -> dict:
+  """``z`` with the brake's scale and cap applied in proportion to
+  ``fire``."""
+  for c in specs:
+    if c.name not in brake.scale and c.name not in brake.cap:
+      continue
+    # Braking happens in z: the scale is a shift of log α, the cap a
+    # ceiling in the coefficient's own coordinate.
+    braked = z[c.name]
+    if c.name in brake.scale and c.param == "log":
+      braked = laws_lib.soft_clip(braked + math.log(brake.scale[c.name]),
+                                  *c.z_bounds(), temp)
+    elif c.name in brake.scale:  # hard floor, also in smooth mode
+      braked = c.to_z(jnp.maximum(c.from_z(braked) * brake.scale[c.name],
+                                  c.lower))
+    if c.name in brake.cap:
+      braked = laws_lib.soft_min(braked, c.to_z(brake.cap[c.name]), temp)
+    braked = braked.astype(dtype)
+    if temp is None:
+      z[c.name] = jnp.where(fire > 0, braked, z[c.name])
+    else:
+      z[c.name] = z[c.name] + fire * (braked - z[c.name])
+  return z
+
+
 def controller(coefficients: Sequence[Coefficient], laws, *,
                filters: measurement.FilterConfig = measurement.FilterConfig(),
                brake: Brake | None = None,
@@ -361,43 +409,8 @@ def controller(coefficients: Sequence[Coefficient], laws, *,
     sig, filt = measurement.measure(state.filters, filters, loss, stats,
                                     reward, grad_limit=brake.grad_limit)
     loss = jnp.asarray(loss, dtype)
-    nonfinite = ~jnp.isfinite(sig.gnorm)
-    if brake.nonfinite_grad:
-      nonfinite = nonfinite | (stats.nonfinite > 0)
-    # With the gradient clip on, what reaches the base is the clipped
-    # gradient (an absurd one, above grad_limit, is skipped): the clip has
-    # answered in proportion, so only a non-finite gradient still brakes.
-    applied = sig.gnorm * sig.clip if filters.grad_clip is not None else (
-        sig.gnorm)
-    fire = laws_lib.gate(
-        jnp.log(jnp.where(nonfinite, 1.0, applied) / brake.grad_limit), temp)
-    if brake.loss_limit is not None:
-      nonfinite = nonfinite | ~jnp.isfinite(loss)
-      size = jnp.maximum(jnp.abs(jnp.where(jnp.isfinite(loss), loss, 0.0)),
-                         1e-30)
-      fire = laws_lib.either(
-          fire, laws_lib.gate(jnp.log(size / brake.loss_limit), temp))
-    fire = jnp.where(nonfinite, 1.0, fire).astype(dtype)
-    z = dict(state.z)
-    for c in specs:
-      if c.name not in brake.scale and c.name not in brake.cap:
-        continue
-      # Braking happens in z: the scale is a shift of log α, the cap a
-      # ceiling in the coefficient's own coordinate.
-      braked = z[c.name]
-      if c.name in brake.scale and c.param == "log":
-        braked = laws_lib.soft_clip(braked + math.log(brake.scale[c.name]),
-                                    *c.z_bounds(), temp)
-      elif c.name in brake.scale:  # hard floor, also in smooth mode
-        braked = c.to_z(jnp.maximum(c.from_z(braked) * brake.scale[c.name],
-                                    c.lower))
-      if c.name in brake.cap:
-        braked = laws_lib.soft_min(braked, c.to_z(brake.cap[c.name]), temp)
-      braked = braked.astype(dtype)
-      if temp is None:
-        z[c.name] = jnp.where(fire > 0, braked, z[c.name])
-      else:
-        z[c.name] = z[c.name] + fire * (braked - z[c.name])
+    fire = _brake_trigger(brake, filters, sig, stats, loss, temp, dtype)
+    z = _apply_brake(specs, brake, dict(state.z), fire, temp, dtype)
     values = decode(specs, z)
     sig = sig._replace(brake=fire)
 
