@@ -542,7 +542,10 @@ def _drift_experiment(p, name, what):
   """Experiments 4 and 5 on the drift tasks of ``benchmarks/drift.py`` (the
   same measurement: time to recover, time to a common level, regret against
   the hindsight-best fixed adamw rate), every peer of its method list."""
-  from benchmarks import drift
+  try:
+    from benchmarks import drift  # python -m benchmarks.experiments
+  except ModuleNotFoundError:  # python benchmarks/experiments.py
+    import drift
   seeds = list(range(1, p["seeds"] + 1))
   base = T.get(name)
   task = T.get(name, steps=base.steps * p["scale"])

@@ -91,3 +91,19 @@ def test_swarm_bad_configuration_is_an_error(capsys):
   assert cli.main(["swarm", "--seeds", "1", "--rounds", "1", "--total-steps",
                    "100", "--min-steps", "30", "--no-progress"]) == 2
   assert "min_steps" in capsys.readouterr().err
+
+
+def test_menu_lists_the_experiments_and_rejects_an_unknown_id(capsys):
+  assert cli.main(["menu", "--list"]) == 0
+  listed = capsys.readouterr().out
+  for eid in ("11", "12", "14", "15", "curriculum"):
+    assert f"{eid}: " in listed
+  assert cli.main(["menu", "99"]) == 2
+  assert "unknown menu experiment '99'" in capsys.readouterr().err
+
+
+def test_compare_list_shows_the_menu_and_its_tasks(capsys):
+  assert cli.main(["compare", "--list"]) == 0
+  printed = capsys.readouterr().out
+  assert "plateau" in printed.splitlines()[0]  # registered by the menu
+  assert "menu experiments (ae-jax menu ID): " in printed
