@@ -96,7 +96,7 @@ def test_swarm_bad_configuration_is_an_error(capsys):
 def test_menu_lists_the_experiments_and_rejects_an_unknown_id(capsys):
   assert cli.main(["menu", "--list"]) == 0
   listed = capsys.readouterr().out
-  for eid in ("11", "12", "14", "15", "curriculum"):
+  for eid in ("6", "11", "12", "14", "15", "curriculum"):
     assert f"{eid}: " in listed
   assert cli.main(["menu", "99"]) == 2
   assert "unknown menu experiment '99'" in capsys.readouterr().err
