@@ -60,6 +60,7 @@ PUBLIC_MODULES = {
     "ae_jax.tape": "A differentiable tape",
     "ae_jax.reference": "Parity with the reference implementation",
     "ae_jax.bench": "Applications: the harness, the demos, the command line",
+    "ae_jax.bench.menu": "The experiment menu: AE-RL, plateau, coupling, AEONet, AEO-Eq, curriculum",
 }
 
 
