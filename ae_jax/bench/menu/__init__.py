@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
+
+import numpy as np
 
 PROFILES = {
     # CPU-sized: each experiment a few minutes on 2 shared cores.
@@ -64,6 +66,25 @@ class Experiment:
 
 
 _REGISTRY: dict[str, Experiment] = {}
+
+
+def run_vmapped(train: Callable, methods: Sequence[str],
+                all_methods: Sequence[str], seeds, data) -> dict:
+  """``method -> {name: array (seeds, ...)}``: ``train(method_index, seed,
+  data)`` jitted once and vmapped over every (method, seed) pair; the data
+  is an argument, not a constant folded into the program. ``method_index``
+  is the method's position in ``all_methods`` (traced: ``train`` selects
+  with ``lax.switch`` or ``jnp.where``)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  ids = np.repeat([list(all_methods).index(m) for m in methods], len(seeds))
+  seed_col = np.tile(np.asarray(seeds, np.uint32), len(methods))
+  fn = jax.jit(jax.vmap(train, in_axes=(0, 0, None)))
+  out = fn(jnp.asarray(ids, jnp.int32), jnp.asarray(seed_col), data)
+  return {m: {k: np.asarray(v).reshape(len(methods), len(seeds),
+                                       *v.shape[1:])[i]
+              for k, v in out.items()}
+          for i, m in enumerate(methods)}
 
 
 def register(id: str, title: str, description: str = ""):

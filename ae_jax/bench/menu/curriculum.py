@@ -222,15 +222,8 @@ def train(method, cfg: Config, data, seed):
 def run_methods(cfg: Config, data, seeds, methods=METHODS) -> dict:
   """``method -> {name: array (seeds, ...)}``: :func:`train` jitted once and
   vmapped over every (method, seed) pair, the data an argument."""
-  ids = np.repeat([METHODS.index(m) for m in methods], len(seeds))
-  seed_col = np.tile(np.asarray(seeds, np.uint32), len(methods))
-  fn = jax.jit(jax.vmap(lambda m, s, d: train(m, cfg, d, s),
-                        in_axes=(0, 0, None)))
-  out = fn(jnp.asarray(ids, jnp.int32), jnp.asarray(seed_col), data)
-  return {m: {k: np.asarray(v).reshape(len(methods), len(seeds),
-                                       *v.shape[1:])[i]
-              for k, v in out.items()}
-          for i, m in enumerate(methods)}
+  return menu.run_vmapped(lambda m, s, d: train(m, cfg, d, s), methods,
+                          METHODS, seeds, data)
 
 
 # -- the report ----------------------------------------------------------------
