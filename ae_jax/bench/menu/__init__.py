@@ -68,6 +68,18 @@ class Experiment:
 _REGISTRY: dict[str, Experiment] = {}
 
 
+def save_figure(fig, figures: str, name: str, dpi: int = 110) -> str:
+  """Lays out ``fig``, writes it to ``figures/name`` and closes it; the
+  path."""
+  import os  # pylint: disable=import-outside-toplevel
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  fig.tight_layout()
+  path = os.path.join(figures, name)
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
+  return path
+
+
 def run_vmapped(train: Callable, methods: Sequence[str],
                 all_methods: Sequence[str], seeds, data) -> dict:
   """``method -> {name: array (seeds, ...)}``: ``train(method_index, seed,

@@ -394,11 +394,7 @@ def _figure(outs: dict, cfg: Config, figures: str) -> str:
   axes[1].set(title="validation accuracy", ylim=(0.5, 1.0))
   axes[2].set(title="dropout rate")
   axes[0].legend(fontsize=8)
-  fig.tight_layout()
-  path = os.path.join(figures, "exp14_aeonet.png")
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return menu.save_figure(fig, figures, "exp14_aeonet.png")
 
 
 def _protocol(cfg: Config, data, seeds) -> str:

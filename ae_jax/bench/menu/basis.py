@@ -400,11 +400,7 @@ def _figure(ae_outs: dict, chosen: dict, lasso: dict, cfg: Config,
   axes[2].set_xticks(x, NAMES, rotation=60, fontsize=8)
   for ax in axes:
     ax.legend(fontsize=7)
-  fig.tight_layout()
-  path = os.path.join(figures, "exp15_basis_lambda.png")
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return menu.save_figure(fig, figures, "exp15_basis_lambda.png")
 
 
 def _protocol(cfg: Config, seeds: list) -> str:

@@ -363,11 +363,7 @@ def _figure(summ: dict, figures: str, bins: int = 40) -> str:
                      f"(r = {s['region_best'][0]:+.2f})")
     for ax in row:
       ax.set_xlabel("log α")
-  fig.tight_layout()
-  path = os.path.join(figures, "exp12_coupling_occupancy.png")
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return menu.save_figure(fig, figures, "exp12_coupling_occupancy.png", dpi=100)
 
 
 def _protocol(tasks: dict, seeds: list, steps: dict) -> str:

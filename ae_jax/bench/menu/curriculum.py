@@ -299,11 +299,7 @@ def _figure(outs: dict, cfg: Config, figures: str) -> str:
   axes[1].set(title="clean held-out accuracy", xlabel="step",
               ylim=(0.6, 1.0))
   axes[0].legend(fontsize=7, loc="lower right")
-  fig.tight_layout()
-  path = os.path.join(figures, "expcurriculum_strength.png")
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return menu.save_figure(fig, figures, "expcurriculum_strength.png")
 
 
 def _protocol(cfg: Config, data, seeds) -> str:

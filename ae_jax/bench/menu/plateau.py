@@ -394,11 +394,7 @@ def _figure(results: dict, summ: dict, threshold: float, level: float,
               f"{drive['seed']} (25-step mean)")
   for ax in axes:
     ax.legend(fontsize=7)
-  fig.tight_layout()
-  path = os.path.join(figures, "exp11_plateau_sigma.png")
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return menu.save_figure(fig, figures, "exp11_plateau_sigma.png")
 
 
 def _protocol(task: T.Task, seeds: list, level: float) -> str:
