@@ -110,13 +110,10 @@ def register(id: str, title: str, description: str = ""):
 
 
 def _load():
+  # Each module registers itself on import; their optional packages
+  # (gymnax for rl) are imported only when an experiment runs.
   for name in MODULES:
-    try:
-      importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as e:
-      # a module not written yet, not an import error inside one
-      if e.name != f"{__name__}.{name}":
-        raise
+    importlib.import_module(f"{__name__}.{name}")
 
 
 def ids() -> list[str]:
