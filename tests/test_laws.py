@@ -226,6 +226,30 @@ def test_evolve_barrier_pushes_inward_near_bounds():
   assert float(dz["learning_rate"]) == 0.0
 
 
+@pytest.mark.parametrize("lower,upper", [(-3.0, 2.0), (-math.inf, 2.0),
+                                         (-3.0, math.inf),
+                                         (-math.inf, math.inf)])
+def test_barrier_gradient_is_the_barrier_derivative(lower, upper):
+  # The closed form evolve applies equals autodiff of ψ_Ω, value and
+  # second derivative (meta-gradients differentiate through the push),
+  # also where a bound is infinite and its side is left out.
+  z = jnp.linspace(-5.0, 5.0, 41)
+  grad = jax.vmap(jax.grad(laws.barrier), (0, None, None, None))
+  np.testing.assert_allclose(laws.barrier_gradient(z, lower, upper, 0.5),
+                             grad(z, lower, upper, 0.5), rtol=1e-6,
+                             atol=1e-7)
+  hess = jax.vmap(jax.grad(jax.grad(laws.barrier)), (0, None, None, None))
+  np.testing.assert_allclose(
+      jax.vmap(jax.grad(laws.barrier_gradient), (0, None, None, None))(
+          z, lower, upper, 0.5), hess(z, lower, upper, 0.5), rtol=1e-4,
+      atol=1e-6)
+  # the same ψ_Ω as the two-sided formula
+  full = 0.5 * (jax.nn.softplus((z - upper) / 0.5)
+                + jax.nn.softplus((lower - z) / 0.5))
+  np.testing.assert_allclose(laws.barrier(z, lower, upper, 0.5), full,
+                             rtol=1e-6, atol=1e-7)
+
+
 def test_evolve_unbounded_coordinates_give_finite_steps():
   # σ is log-parametrised with lower 0 and upper inf: z bounds are ±inf.
   dz, _ = apply(laws.evolve({"sigma": 0.1}), signals(),
