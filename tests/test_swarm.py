@@ -471,7 +471,8 @@ SHARDED = textwrap.dedent("""
 
 def test_sharded_population_equals_single_device():
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=4")
+             XLA_FLAGS="--xla_force_host_platform_device_count=4 "
+             + os.environ.get("XLA_FLAGS", ""))
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
   out = subprocess.run([sys.executable, "-c", SHARDED], env=env,
