@@ -545,8 +545,13 @@ def _update_fn(w: _Wiring):
     grads = sanitize(updates, w.inf_value, _overflow_bound(updates, dtype))
     state = state._replace(controller=_adopt_overrides(
         state.controller, state.inner_state, w.ctrl.specs))
-    key, stats_key, noise_key = jax.random.split(state.key, 3)
     plan = w.plan(grads)
+    if plan is None and w.noise is None:
+      # Nothing draws (exact statistics, no parameter noise): the key is
+      # carried unchanged rather than paying a threefry split per step.
+      key = stats_key = noise_key = state.key
+    else:
+      key, stats_key, noise_key = jax.random.split(state.key, 3)
     stats = _statistics(w, updates, grads, state, plan, dtype)
     extra_args = dict(extra_args, value=value)
     if reward is not None:
