@@ -5,7 +5,10 @@ Jits ``update + apply_updates`` of ``ae_jax.ae_adamw`` and ``optax.adamw``,
 2,000 small float32 leaves (distinct shapes ``(7 + i, 16)`` up to 200 leaves,
 where every shape is its own kernel, and 2,000 leaves of one shape ``(8, 16)``),
 one process, one optimizer after the other, and prints the seconds of
-``lower(...).compile()`` with each AE preset's ratio to its base.
+``lower(...).compile()`` with each AE preset's ratio to its base: with
+XLA:CPU's default (new) fusion emitters, and with its legacy ones
+(``compiler_options={"xla_cpu_use_fusion_emitters": False}``, which the test
+suite sets for the whole process and a user can pass to ``jax.jit``).
 
   JAX_PLATFORMS=cpu python benchmarks/compile_time.py
   JAX_PLATFORMS=cpu python benchmarks/compile_time.py --leaves 50 200
@@ -44,7 +47,10 @@ def make_params(leaves: int):
   return {f"w{i:04d}": jnp.full((8, 16), 0.01) for i in range(leaves)}
 
 
-def compile_seconds(tx, params, needs_value: bool) -> float:
+LEGACY_EMITTERS = {"xla_cpu_use_fusion_emitters": False}
+
+
+def compile_seconds(tx, params, needs_value: bool, options=None) -> float:
   state = tx.init(params)
   grads = jax.tree.map(lambda p: p * 0.1, params)
   extra = {"value": jnp.float32(1.0)} if needs_value else {}
@@ -54,7 +60,7 @@ def compile_seconds(tx, params, needs_value: bool) -> float:
     return optax.apply_updates(p, updates), s
 
   start = time.perf_counter()
-  jax.jit(step).lower(params, state, grads).compile()
+  jax.jit(step).lower(params, state, grads).compile(compiler_options=options)
   return time.perf_counter() - start
 
 
@@ -65,17 +71,22 @@ def main(argv=None):
   print(f"{datetime.date.today()} | {platform.machine()}, {os.cpu_count()} "
         f"cores | {jax.devices()[0].device_kind} | jax {jax.__version__} | "
         f"optax {optax.__version__}\n")
-  print("| leaves | shapes | optimizer | compile s | base | ratio to base |")
-  print("| --- | --- | --- | --- | --- | --- |")
+  print("| leaves | shapes | optimizer | compile s | ratio to base | "
+        "compile s, legacy emitters | ratio to base, legacy | base |")
+  print("| --- | --- | --- | --- | --- | --- | --- | --- |")
   for leaves in args.leaves:
     params = make_params(leaves)
     shapes = "distinct" if leaves <= 200 else "one"
-    seconds = {name: compile_seconds(tx, params, name.startswith("ae_"))
-               for name, tx in optimizers().items()}
+    seconds, legacy = {}, {}
+    for name, tx in optimizers().items():
+      seconds[name] = compile_seconds(tx, params, name.startswith("ae_"))
+      legacy[name] = compile_seconds(tx, params, name.startswith("ae_"),
+                                     LEGACY_EMITTERS)
     for name, base in PAIRS:
       for n in (name, base):
-        print(f"| {leaves} | {shapes} | {n} | {seconds[n]:.2f} | {base} | "
-              f"{seconds[n] / seconds[base]:.2f} |", flush=True)
+        print(f"| {leaves} | {shapes} | {n} | {seconds[n]:.2f} | "
+              f"{seconds[n] / seconds[base]:.2f} | {legacy[n]:.2f} | "
+              f"{legacy[n] / legacy[base]:.2f} | {base} |", flush=True)
 
 
 if __name__ == "__main__":
