@@ -44,7 +44,7 @@ hp["learning_rate"]
 family = swarm.self_tuning_family()
 total = pop_size * steps // rounds
 cfg = swarm.SwarmConfig(pop_size=pop_size, rounds=rounds, total_steps=total,
-                        min_steps=total // (4 * pop_size), beta=5.0,
+                        min_steps=total // (4 * pop_size), beta=2.0,
                         selection="rank", kappa=0.05, mode="chunked",
                         batch_size=task.batch_size)
 key = jax.random.PRNGKey(0)

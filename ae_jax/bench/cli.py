@@ -128,7 +128,9 @@ def _run_spread(args: argparse.Namespace) -> int:
   try:
     results = swarm_spread.compare(
         tasks=args.tasks.split(","), settings=args.settings.split(","),
-        seeds=range(args.seeds), beta=args.beta, **kw,
+        seeds=range(args.seeds),
+        beta=swarm_spread.DEFAULT_BETA if args.beta is None else args.beta,
+        kappa=args.kappa, **kw,
         log=None if args.no_progress else print)
   except ValueError as e:
     print(f"ae-jax swarm --spread: {e}", file=sys.stderr)
@@ -151,7 +153,8 @@ def _run_swarm(args: argparse.Namespace) -> int:
         seeds=args.seeds, out=args.out, progress=not args.no_progress,
         pop_size=args.pop_size, rounds=args.rounds,
         total_steps=args.total_steps, min_steps=args.min_steps,
-        beta=args.beta, kappa=args.kappa, batch_size=args.batch_size,
+        beta=5.0 if args.beta is None else args.beta, kappa=args.kappa,
+        batch_size=args.batch_size,
         hidden=args.hidden)
   except ValueError as e:
     print(f"ae-jax swarm: {e}", file=sys.stderr)
@@ -196,8 +199,9 @@ def _add_swarm(subparsers) -> None:
                       "(default: %(default)s)")
   p.add_argument("--min-steps", type=int, default=None,
                  help="budget floor B_min (default: total-steps / 10)")
-  p.add_argument("--beta", type=float, default=5.0,
-                 help="selection temperature (default: %(default)s)")
+  p.add_argument("--beta", type=float, default=None,
+                 help="selection temperature (default: 5, the reference's; "
+                      "--spread: 2, chosen by benchmarks/swarm_beta.py)")
   p.add_argument("--kappa", type=_fraction, default=0.05,
                  help="consensus step (default: %(default)s)")
   p.add_argument("--batch-size", type=_positive_int, default=128,

@@ -34,6 +34,9 @@ class SwarmConfig:
     min_steps: :math:`B_{\\min}`, the floor of a member's budget
       (``pop_size * min_steps <= total_steps``).
     beta: β, the selection temperature of ``softmax(-β u)`` (0: uniform).
+      The default 2 was chosen by measurement for rank selection
+      (``benchmarks/swarm_beta.py``: the spread case on tuning seeds, β in
+      1 … 50); the reference example's raw selection uses 5.
     selection: how scores become ``u`` (:func:`selection_scores`):
       ``"rank"`` (default, scale-free), ``"standardized"`` or ``"raw"``
       (the theory's ``s - min s``, in the loss's units).
@@ -52,7 +55,7 @@ class SwarmConfig:
   rounds: int = 10
   total_steps: int = 4000
   min_steps: int = 400
-  beta: float = 5.0
+  beta: float = 2.0
   selection: str = "rank"
   kappa: float = 0.05
   dither: float = 0.0

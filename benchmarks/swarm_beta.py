@@ -1,0 +1,130 @@
+"""Choosing AE-Swarm's selection temperature β and consensus step κ by measurement.
+
+The spread case (``ae_jax.bench.swarm_spread``: 8 self-tuning AE-AdamW
+members over four decades of rates, rank selection, the profile ``quick``
+budget) is run with the swarm alone at several (β, κ), on *tuning* seeds
+that the evaluation (``ae-jax swarm --spread --seeds 5``: seeds 0-4) never
+uses. For each point it prints the best validation loss per (task, setting),
+mean over the tuning seeds, and the geometric mean over (task, setting) of
+that loss divided by the best point's loss in the same (task, setting): 1
+means best everywhere. The defaults are the point with the smallest
+geometric mean.
+
+  JAX_PLATFORMS=cpu python benchmarks/swarm_beta.py                   # β sweep
+  JAX_PLATFORMS=cpu python benchmarks/swarm_beta.py --betas 2 --kappas 0.2,0.5
+  JAX_PLATFORMS=cpu python benchmarks/swarm_beta.py --report-only     # cached
+
+Results are cached in ``benchmarks/results/swarm_beta.json`` (one entry per
+(β, κ, task, setting, seed)), so an interrupted sweep resumes; the report
+covers every cached point that has all (task, setting) pairs and seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import platform
+
+import jax
+import numpy as np
+
+from ae_jax.bench import swarm_spread
+
+BETAS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
+KAPPAS = (0.05,)
+TUNING_SEEDS = (100, 101, 102)
+CACHE = pathlib.Path(__file__).parent / "results" / "swarm_beta.json"
+
+
+def _key(point, task, setting, seed) -> str:
+  beta, kappa = point
+  return f"{beta:g}|{kappa:g}|{task}|{setting}|{seed}"
+
+
+def _points(cache: dict) -> list[tuple[float, float]]:
+  return sorted({(float(k.split("|")[0]), float(k.split("|")[1]))
+                 for k in cache})
+
+
+def sweep(points, tasks, settings, seeds, cache: dict) -> dict:
+  """Fills ``cache`` with the swarm's best validation loss per key."""
+  for point in points:
+    for task in tasks:
+      for setting in settings:
+        todo = [s for s in seeds if _key(point, task, setting, s) not in cache]
+        if not todo:
+          continue
+        res = swarm_spread.compare(tasks=(task,), settings=(setting,),
+                                   seeds=todo, beta=point[0], kappa=point[1],
+                                   methods=("swarm",), log=None)
+        for seed, loss in zip(todo, res[(task, setting)]["swarm"]):
+          cache[_key(point, task, setting, seed)] = float(loss)
+          print(f"beta {point[0]:>5g} kappa {point[1]:>5g}  {task:10s} "
+                f"{setting:12s} seed {seed} {loss:.5g}", flush=True)
+        CACHE.write_text(json.dumps(cache, indent=1, sort_keys=True))
+  return cache
+
+
+def report(tasks, settings, seeds, cache: dict):
+  """Markdown table: mean best validation loss per (β, κ) and (task,
+  setting), and the geometric mean of the ratio to the best point; returns
+  the table and the best point."""
+  means = {}
+  for point in _points(cache):
+    for task in tasks:
+      for setting in settings:
+        vals = [cache.get(_key(point, task, setting, s)) for s in seeds]
+        if None in vals:
+          continue
+        means[point, task, setting] = float(np.mean(vals))
+  pairs = [(t, s) for t in tasks for s in settings]
+  points = [b for b in _points(cache)
+           if all((b,) + p in means for p in pairs)]
+  if not points:
+    return "(no point has every (task, setting) yet)", None
+  best = {p: min(means[(b,) + p] for b in points) for p in pairs}
+  head = (["β", "κ"] + [f"{t} / {s}" for t, s in pairs]
+          + ["geo-mean ÷ best"])
+  lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+  geo = {}
+  for point in points:
+    logs = [math.log(means[(point,) + p] / best[p]) for p in pairs]
+    geo[point] = math.exp(sum(logs) / len(logs)) if logs else math.nan
+    cells = [f"{means[(point,) + p]:.5g}" for p in pairs]
+    lines.append(f"| {point[0]:g} | {point[1]:g} | " + " | ".join(cells)
+                 + f" | {geo[point]:.4f} |")
+  chosen = min(geo, key=geo.get)
+  return "\n".join(lines), chosen
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--betas", default=",".join(f"{b:g}" for b in BETAS))
+  p.add_argument("--kappas", default=",".join(f"{k:g}" for k in KAPPAS))
+  p.add_argument("--tasks", default=",".join(swarm_spread.TASKS))
+  p.add_argument("--settings", default=",".join(swarm_spread.SETTINGS))
+  p.add_argument("--seeds", default=",".join(map(str, TUNING_SEEDS)))
+  p.add_argument("--report-only", action="store_true")
+  a = p.parse_args()
+  points = [(float(b), float(k)) for b in a.betas.split(",")
+            for k in a.kappas.split(",")]
+  tasks, settings = a.tasks.split(","), a.settings.split(",")
+  seeds = tuple(int(s) for s in a.seeds.split(","))
+  if set(seeds) & set(range(5)):
+    raise SystemExit("tuning seeds must not overlap the evaluation seeds 0-4")
+  cache = json.loads(CACHE.read_text()) if CACHE.exists() else {}
+  if not a.report_only:
+    sweep(points, tasks, settings, seeds, cache)
+  print(f"\n{platform.platform()}, {jax.default_backend()}, jax "
+        f"{jax.__version__}; tuning seeds {list(seeds)}; mean best validation "
+        f"loss of the swarm (rank selection, profile quick)\n")
+  text, chosen = report(tasks, settings, seeds, cache)
+  print(text)
+  if chosen:
+    print(f"\nbest (β, κ): ({chosen[0]:g}, {chosen[1]:g})")
+
+
+if __name__ == "__main__":
+  main()
