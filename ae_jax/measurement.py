@@ -496,6 +496,62 @@ def sanitize_loss(loss, limit: float):
   return jnp.clip(loss, -limit, limit)
 
 
+def _reward_signals(state: FilterState, config: FilterConfig, reward):
+  """``(reward_now, R accumulator, R, R_scale accumulator, R_scale)``:
+  the reward's trend and its scale (held when no reward is given)."""
+  dtype = state.loss_mean.dtype
+  if reward is None:
+    reward_now = state.prev_reward
+    r_delta = jnp.zeros([], dtype)
+  else:
+    reward_now = sanitize_loss(jnp.asarray(reward, dtype), config.loss_limit)
+    # The first reward starts the trend at 0, even if it arrives after step 0.
+    r_delta = jnp.where(state.reward_seen > 0, reward_now - state.prev_reward,
+                        0.0)
+  r_acc, reward_trend = ema(state.R, r_delta, config.trend, state.count,
+                            config.mode)
+  rs_acc, reward_scale = ema(state.R_scale, jnp.abs(r_delta), config.trend,
+                             state.count, config.mode)
+  return reward_now, r_acc, reward_trend, rs_acc, reward_scale
+
+
+def _gradient_variance(state: FilterState, config: FilterConfig,
+                       stats: GradStats):
+  """``(S accumulator, S)``: the filtered variance of the gradient's
+  entries."""
+  size = jnp.maximum(stats.size, 1.0)
+  gmean = stats.sum / size
+  gvar = jnp.maximum(stats.sumsq / size - gmean * gmean, 0.0)
+  return ema(state.S, gvar + _TINY, config.grad_variance, state.count,
+             config.mode)
+
+
+def _clip_factor(state: FilterState, config: FilterConfig, gnorm,
+                 grad_limit: float | None):
+  """``(clip, G accumulator)``: the relative clip's factor (1 when
+  ``config.grad_clip`` is off; 0, a skipped step, for an absurd norm above
+  ``grad_limit``) and the running norm of the clipped gradients."""
+  dtype = state.loss_mean.dtype
+  clip = jnp.ones([], dtype)
+  if config.grad_clip is not None:
+    # The limit reads the filter before this step (debiased), so a spike
+    # cannot raise its own ceiling.
+    limit = config.grad_clip * state.G / jnp.maximum(
+        1.0 - jnp.asarray(config.grad_norm, dtype)
+        ** state.count.astype(dtype), _TINY)
+    # No limit before the first gradient that entered the running norm.
+    clip = jnp.where((state.G <= 0) | ~jnp.isfinite(gnorm), 1.0,
+                     jnp.minimum(1.0, limit / gnorm))
+  absurd = jnp.zeros([], bool)
+  if config.grad_clip is not None and grad_limit is not None:
+    absurd = jnp.isfinite(gnorm) & (gnorm > grad_limit)
+    clip = jnp.where(absurd, 0.0, clip)
+  g_acc = optax.tree.update_moment(jnp.where(jnp.isfinite(gnorm),
+                                             clip * gnorm, 0.0),
+                                   state.G, config.grad_norm, order=1)
+  return clip, jnp.where(absurd, state.G, g_acc)
+
+
 def measure(state: FilterState, config: FilterConfig, loss, stats: GradStats,
             reward=None, *, grad_limit: float | None = None,
             ) -> tuple[Signals, FilterState]:
@@ -541,42 +597,11 @@ def measure(state: FilterState, config: FilterConfig, loss, stats: GradStats,
   v_acc, variance = ema(state.V, deviation * deviation + _TINY,
                         config.variance, count, mode)
 
-  if reward is None:
-    reward_now = state.prev_reward
-    r_delta = jnp.zeros([], dtype)
-  else:
-    reward_now = sanitize_loss(jnp.asarray(reward, dtype), config.loss_limit)
-    # The first reward starts the trend at 0, even if it arrives after step 0.
-    r_delta = jnp.where(state.reward_seen > 0, reward_now - state.prev_reward,
-                        0.0)
-  r_acc, reward_trend = ema(state.R, r_delta, config.trend, count, mode)
-  rs_acc, reward_scale = ema(state.R_scale, jnp.abs(r_delta), config.trend,
-                             count, mode)
-
-  size = jnp.maximum(stats.size, 1.0)
-  gmean = stats.sum / size
-  gvar = jnp.maximum(stats.sumsq / size - gmean * gmean, 0.0)
-  s_acc, grad_var = ema(state.S, gvar + _TINY, config.grad_variance, count,
-                        mode)
+  reward_now, r_acc, reward_trend, rs_acc, reward_scale = _reward_signals(
+      state, config, reward)
+  s_acc, grad_var = _gradient_variance(state, config, stats)
   gnorm = safe_sqrt(stats.sumsq) + _TINY
-  clip = jnp.ones([], dtype)
-  if config.grad_clip is not None:
-    # The limit reads the filter before this step (debiased), so a spike
-    # cannot raise its own ceiling; no limit before the first gradient.
-    limit = config.grad_clip * state.G / jnp.maximum(
-        1.0 - jnp.asarray(config.grad_norm, dtype) ** count.astype(dtype),
-        _TINY)
-    # No limit before the first gradient that entered the running norm.
-    clip = jnp.where((state.G <= 0) | ~jnp.isfinite(gnorm), 1.0,
-                     jnp.minimum(1.0, limit / gnorm))
-  absurd = jnp.zeros([], bool)
-  if config.grad_clip is not None and grad_limit is not None:
-    absurd = jnp.isfinite(gnorm) & (gnorm > grad_limit)
-    clip = jnp.where(absurd, 0.0, clip)
-  g_acc = optax.tree.update_moment(jnp.where(jnp.isfinite(gnorm),
-                                             clip * gnorm, 0.0),
-                                   state.G, config.grad_norm, order=1)
-  g_acc = jnp.where(absurd, state.G, g_acc)
+  clip, g_acc = _clip_factor(state, config, gnorm, grad_limit)
   ref_norm = safe_sqrt(stats.ref_sumsq)
   rho = jnp.where(
       ref_norm > 0,
