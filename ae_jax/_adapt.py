@@ -137,14 +137,20 @@ def _hyperparam(inner_state, name: str, default):
   return default
 
 
-def _phase_reference(inner_state, momentum_field, second_field, grads):
+def _phase_reference(inner_state, momentum_field, second_field, grads,
+                     take=None):
   """The direction of the step the base applied last: its momentum, divided
   by ``sqrt(nu) + eps`` when it keeps a second moment (Adam's direction,
-  without the bias corrections, scalars that a cosine does not see)."""
-  mu = _read_momentum(inner_state, momentum_field, grads)
+  without the bias corrections, scalars that a cosine does not see).
+
+  ``take`` (a pytree -> pytree function such as sampled blocks) is applied
+  to the moments before the division, so only what it keeps is computed.
+  """
+  take = take or (lambda tree: tree)
+  mu = take(_read_momentum(inner_state, momentum_field, grads))
   if second_field is None:
     return mu
-  nu = _read_momentum(inner_state, second_field, grads)
+  nu = take(_read_momentum(inner_state, second_field, grads))
   eps = _hyperparam(inner_state, "eps", 1e-8)
   return jax.tree.map(
       lambda m, v: m / (jnp.sqrt(v) + jnp.asarray(eps, v.dtype)), mu, nu)
@@ -522,11 +528,15 @@ def _next_phase_ref(w: _Wiring, inner_state, grads, plan, key):
   nothing when the momentum itself is read then."""
   if plan is None:
     return () if w.momentum_field else grads
-  new_ref = (_phase_reference(inner_state, w.momentum_field, w.second_field,
-                              grads) if w.momentum_field else grads)
   starts = measurement.draw_starts(key, grads, plan)
-  return measurement.PhaseSample(starts,
-                                 measurement.take_blocks(new_ref, starts))
+  take = lambda tree: measurement.take_blocks(tree, starts)
+  if not w.momentum_field:
+    return measurement.PhaseSample(starts, take(grads))
+  # The blocks are taken from the moments before Adam's division, so that
+  # only the sampled entries of m / (sqrt(nu) + eps) are computed.
+  return measurement.PhaseSample(starts, tuple(jax.tree.leaves(
+      _phase_reference(inner_state, w.momentum_field, w.second_field, grads,
+                       take=take))))
 
 
 def _update_fn(w: _Wiring):

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 import optax
 
@@ -437,23 +438,42 @@ def _gather(x, index):
   return x[index]
 
 
+def _contiguous_blocks(flat, starts):
+  """``flat[(s + i) % n]`` for each start ``s`` and ``i < SAMPLE_BLOCK``, as
+  slices rather than an element gather (``n >= SAMPLE_BLOCK``).
+
+  A block that runs past the end is the window at ``k = s - (n - B)`` of
+  the last ``B`` elements followed by the first ``B``: two contiguous
+  slices and a shift, where the element gather computes and reads ``B``
+  indices one by one (16 blocks of a 500 × 500 leaf: 34 against 129 µs).
+  """
+  size = SAMPLE_BLOCK
+  low = jnp.minimum(starts, flat.shape[0] - size)
+  tail = jax.vmap(lambda t: lax.dynamic_slice(flat, (t,), (size,)))(low)
+  head = jnp.broadcast_to(flat[:size], tail.shape)
+  both = jnp.concatenate([tail, head], axis=1)
+  return jax.vmap(lambda row, k: lax.dynamic_slice(row, (k,), (size,)))(
+      both, starts - low)
+
+
 def take_blocks(tree, starts) -> tuple:
   """The blocks of each leaf of ``tree`` at ``starts`` (whole small leaves,
   in their own shape); a block runs past the end of its leaf back to its
   start. An Explicitly sharded leaf is never reshaped (it cannot be in
-  place); any other is read as a flat vector, whose gather needs one
-  remainder per element where the unravelled index needs about fifteen
-  integer operations (38 → 15 µs for 16 blocks of a 500 × 500 leaf)."""
+  place) and is gathered element by element; any other is read as a flat
+  vector, in contiguous slices (:func:`_contiguous_blocks`)."""
   out = []
   offsets = jnp.arange(SAMPLE_BLOCK, dtype=jnp.int32)
   for x, s in zip(jax.tree.leaves(tree), starts):
     if s.ndim == 0:
       out.append(x)
-      continue
-    flat_index = (s[:, None] + offsets[None, :]) % x.size
-    if _explicit_mesh(x) is not None:
+    elif _explicit_mesh(x) is not None:
+      flat_index = (s[:, None] + offsets[None, :]) % x.size
       out.append(_gather(x, jnp.unravel_index(flat_index, x.shape)))
+    elif x.size >= SAMPLE_BLOCK:
+      out.append(_contiguous_blocks(jnp.ravel(x), s))
     else:
+      flat_index = (s[:, None] + offsets[None, :]) % x.size
       out.append(jnp.ravel(x).at[flat_index].get(mode="promise_in_bounds"))
   return tuple(out)
 

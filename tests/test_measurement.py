@@ -314,3 +314,20 @@ def test_a_late_first_reward_does_not_read_as_a_jump():
   assert float(signals.R) == 0.0
   signals, state = measurement.measure(state, config, 1.0, stats, reward=6.0)
   assert float(signals.R) > 0.0
+
+
+@pytest.mark.parametrize("shape", [(1024,), (3, 700), (500, 500)])
+def test_take_blocks_wraps_around_the_end_like_a_modular_gather(shape):
+  # Blocks are read as contiguous slices; one that runs past the end of its
+  # leaf continues at its start. Oracle: the element-wise modular index.
+  x = jnp.arange(math.prod(shape), dtype=jnp.float32).reshape(shape)
+  n, b = x.size, measurement.SAMPLE_BLOCK
+  starts = jnp.asarray([0, 1, n - b, n - b + 1, n - 5, n - 1, n // 2],
+                       jnp.int32)
+  (blocks,) = jax.jit(measurement.take_blocks)((x,), (starts,))
+  index = (np.asarray(starts)[:, None] + np.arange(b)[None, :]) % n
+  np.testing.assert_array_equal(blocks, np.ravel(np.asarray(x))[index])
+  # Under vmap (a population) each member reads its own blocks.
+  xs = jnp.stack([x, -x])
+  (vb,) = jax.vmap(lambda x: measurement.take_blocks((x,), (starts,)))(xs)
+  np.testing.assert_array_equal(vb[1], -blocks)
