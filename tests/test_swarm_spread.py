@@ -98,3 +98,26 @@ def test_cli_spread_runs_every_method_and_prints_the_ratio_last(capsys):
   assert "nan ±" not in text and "inf ±" not in text
   assert out[-1].startswith("swarm/best-baseline best validation loss ratio:")
   float(out[-1].split(":")[1])
+
+
+def test_beta_sweep_report_picks_the_point_best_on_every_pair():
+  from benchmarks import swarm_beta as SB
+  tasks, settings, seeds = ("a", "b"), ("rates",), (100, 101)
+  cache = {}
+  losses = {(2.0, 0.05): (1.0, 2.0), (5.0, 0.05): (1.1, 2.4),
+            (2.0, 0.5): (1.0, 2.2)}
+  for point, (la, lb) in losses.items():
+    for seed in seeds:
+      cache[SB._key(point, "a", "rates", seed)] = la
+      cache[SB._key(point, "b", "rates", seed)] = lb
+  # A point with a missing seed is left out of the report, not averaged.
+  cache[SB._key((50.0, 0.05), "a", "rates", 100)] = 0.1
+  text, best = SB.report(tasks, settings, seeds, cache)
+  assert best == (2.0, 0.05)
+  rows = {line.split("|")[1].strip() + "/" + line.split("|")[2].strip():
+          float(line.split("|")[-2]) for line in text.splitlines()[2:]}
+  assert "50/0.05" not in rows
+  assert rows["2/0.05"] == 1.0
+  # Geometric mean of the ratios to the best point: sqrt(1.1 * 1.2).
+  assert abs(rows["5/0.05"] - (1.1 * 1.2) ** 0.5) < 1e-4
+  assert SB.report(tasks, settings, seeds, {})[1] is None
