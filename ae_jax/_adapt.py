@@ -58,7 +58,9 @@ class AdaptState(NamedTuple):
       directly; the previous gradient when the base has no momentum; with
       sampled statistics, a :class:`ae_jax.measurement.PhaseSample` (blocks
       of the momentum or gradient, a few thousand numbers).
-    key: PRNG key of the parameter noise ξ_t and the sampled statistics.
+    key: PRNG key of the parameter noise ξ_t and the sampled statistics;
+      carried unchanged from step to step when neither is drawn (exact
+      statistics and no σ).
   """
 
   inner_state: Any

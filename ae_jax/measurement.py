@@ -460,8 +460,10 @@ def take_blocks(tree, starts) -> tuple:
   """The blocks of each leaf of ``tree`` at ``starts`` (whole small leaves,
   in their own shape); a block runs past the end of its leaf back to its
   start. An Explicitly sharded leaf is never reshaped (it cannot be in
-  place) and is gathered element by element; any other is read as a flat
-  vector, in contiguous slices (:func:`_contiguous_blocks`)."""
+  place) and is gathered element by element; any other of at least
+  ``SAMPLE_BLOCK`` elements is read as a flat vector, in contiguous slices
+  (:func:`_contiguous_blocks`); a smaller one (which :func:`sample_plan`
+  keeps whole) by its modular element index."""
   out = []
   offsets = jnp.arange(SAMPLE_BLOCK, dtype=jnp.int32)
   for x, s in zip(jax.tree.leaves(tree), starts):

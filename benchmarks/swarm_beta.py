@@ -4,7 +4,10 @@ The spread case (``ae_jax.bench.swarm_spread``: 8 self-tuning AE-AdamW
 members over four decades of rates, rank selection, the profile ``quick``
 budget) is run with the swarm alone at several (β, κ), on *tuning* seeds
 that the evaluation (``ae-jax swarm --spread --seeds 5``: seeds 0-4) never
-uses. For each point it prints the best validation loss per (task, setting),
+uses. The seeds set initialisation, minibatch order and samplers; the data
+sets are fixed, so the tuning reads the same validation sets the evaluation
+reports. The cache key holds (β, κ, task, setting, seed), not the profile:
+delete the cache after changing the spread case's sizes. For each point it prints the best validation loss per (task, setting),
 mean over the tuning seeds, and the geometric mean over (task, setting) of
 that loss divided by the best point's loss in the same (task, setting): 1
 means best everywhere. The defaults are the point with the smallest

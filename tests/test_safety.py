@@ -234,3 +234,19 @@ def test_presets_on_a_large_model_use_samples_and_compile_once():
   # ρ measured on the samples against the momentum kept from the last step.
   assert 0.5 < float(signals["rho"]) <= 1.0
   assert np.isfinite([float(v) for v in signals.values()]).all()
+
+
+@pytest.mark.parametrize("sigma, big, advances", [
+    (None, False, False),   # exact statistics, no noise: nothing draws
+    (1e-3, False, True),    # parameter noise draws ξ_t
+    (None, True, True),     # sampled statistics draw their blocks
+])
+def test_the_key_advances_only_when_something_draws(sigma, big, advances):
+  n = 70_000 if big else 64
+  params = {"w": jnp.full((n,), 0.1)}
+  tx = ae.ae_adamw(1e-3, sigma=sigma)
+  state = tx.init(params)
+  _, new = jax.jit(lambda g, s, p: tx.update(g, s, p, value=jnp.float32(1.0))
+                   )(params, state, params)
+  same = np.array_equal(np.asarray(new.key), np.asarray(state.key))
+  assert same is not advances
