@@ -536,9 +536,8 @@ def _next_phase_ref(w: _Wiring, inner_state, grads, plan, key):
     return measurement.PhaseSample(starts, take(grads))
   # The blocks are taken from the moments before Adam's division, so that
   # only the sampled entries of m / (sqrt(nu) + eps) are computed.
-  return measurement.PhaseSample(starts, tuple(jax.tree.leaves(
-      _phase_reference(inner_state, w.momentum_field, w.second_field, grads,
-                       take=take))))
+  return measurement.PhaseSample(starts, _phase_reference(
+      inner_state, w.momentum_field, w.second_field, grads, take=take))
 
 
 def _update_fn(w: _Wiring):

@@ -7,8 +7,9 @@ that the evaluation (``ae-jax swarm --spread --seeds 5``: seeds 0-4) never
 uses. The seeds set initialisation, minibatch order and samplers; the data
 sets are fixed, so the tuning reads the same validation sets the evaluation
 reports. The cache key holds (β, κ, task, setting, seed), not the profile:
-delete the cache after changing the spread case's sizes. For each point it prints the best validation loss per (task, setting),
-mean over the tuning seeds, and the geometric mean over (task, setting) of
+delete the cache after changing the spread case's sizes. For each point it
+prints the best validation loss per (task, setting), mean over the tuning
+seeds, and the geometric mean over (task, setting) of
 that loss divided by the best point's loss in the same (task, setting): 1
 means best everywhere. The defaults are the point with the smallest
 geometric mean.
@@ -74,8 +75,8 @@ def report(tasks, settings, seeds, cache: dict):
   """Markdown table: mean best validation loss per (β, κ) and (task,
   setting), and the geometric mean of the ratio to the best point; returns
   the table and the best point."""
-  means = {}
-  for point in _points(cache):
+  means, cached = {}, _points(cache)
+  for point in cached:
     for task in tasks:
       for setting in settings:
         vals = [cache.get(_key(point, task, setting, s)) for s in seeds]
@@ -83,8 +84,7 @@ def report(tasks, settings, seeds, cache: dict):
           continue
         means[point, task, setting] = float(np.mean(vals))
   pairs = [(t, s) for t in tasks for s in settings]
-  points = [b for b in _points(cache)
-           if all((b,) + p in means for p in pairs)]
+  points = [b for b in cached if all((b,) + p in means for p in pairs)]
   if not points:
     return "(no point has every (task, setting) yet)", None
   best = {p: min(means[(b,) + p] for b in points) for p in pairs}

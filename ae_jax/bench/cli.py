@@ -153,7 +153,8 @@ def _run_swarm(args: argparse.Namespace) -> int:
         seeds=args.seeds, out=args.out, progress=not args.no_progress,
         pop_size=args.pop_size, rounds=args.rounds,
         total_steps=args.total_steps, min_steps=args.min_steps,
-        beta=5.0 if args.beta is None else args.beta, kappa=args.kappa,
+        beta=swarm_demo.REFERENCE_BETA if args.beta is None else args.beta,
+        kappa=args.kappa,
         batch_size=args.batch_size,
         hidden=args.hidden)
   except ValueError as e:

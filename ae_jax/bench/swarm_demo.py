@@ -29,10 +29,12 @@ from ae_jax import swarm
 from ae_jax.bench.demo import t_interval
 
 METHODS = ("swarm", "ae-independent", "adamw")
+# The reference example's selection temperature (with its raw selection).
+REFERENCE_BETA = 5.0
 
 
 def configs(*, pop_size: int = 4, rounds: int = 6, total_steps: int = 4000,
-            min_steps: int | None = None, beta: float = 5.0,
+            min_steps: int | None = None, beta: float = REFERENCE_BETA,
             kappa: float = 0.05, batch_size: int = 128
             ) -> dict[str, swarm.SwarmConfig]:
   """The three methods' configurations (``min_steps`` defaults to a tenth
