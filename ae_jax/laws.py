@@ -668,23 +668,36 @@ HYPERGRADIENT_DECAY = 0.5
 # held-out cells).
 HYPERGRADIENT_REVERSAL_WEIGHT = 2.0
 SGDM_REVERSAL_WEIGHT = 1.0
+# ... but only once the loss has stopped improving (docs/laws.md, "Reversal
+# weight"): the threshold of the progress z-score and the loss filters.
+HYPERGRADIENT_PROGRESS_GATE = 1.0
+HYPERGRADIENT_PROGRESS_DECAYS = (0.9, 0.99)
+# Sharpness of the progress gate's sigmoid, per unit of z.
+_PROGRESS_SHARPNESS = 4.0
 
 
 class HypergradientState(NamedTuple):
   """State of :func:`hypergradient`: EMAs of ρ and ρ², the current gain κ_t
-  and the last normalised hypergradient."""
+  and the last normalised hypergradient; with a progress gate, the fast and
+  slow EMAs of the loss and the slow EMA of its squared deviation (``()``
+  without one)."""
 
   count: chex.Array
   mean: chex.Array
   square: chex.Array
   gain: chex.Array
   last: chex.Array
+  loss_fast: chex.Array = ()
+  loss_slow: chex.Array = ()
+  loss_var: chex.Array = ()
 
 
 def hypergradient(coefficient: str = "learning_rate", *,
                   gain=CANONICAL_HYPERGRADIENT,
                   min_gain=None, grow=1.2, shrink=0.5, decay=0.7,
                   square_decay=0.99, reversal_weight=1.0,
+                  progress_gate=None,
+                  progress_decays=HYPERGRADIENT_PROGRESS_DECAYS,
                   filter_mode: str = "debiased",
                   smooth=False) -> optax.GradientTransformationExtraArgs:
   r"""The step size follows the sign of its own hypergradient (AE-5 phase term).
@@ -693,15 +706,24 @@ def hypergradient(coefficient: str = "learning_rate", *,
 
     h_t = \frac{\mathrm{LP}_{\beta}(\tilde\rho_t)}{\sqrt{\max(
       \mathrm{LP}_{\beta_2}(\tilde\rho_t^2), \mathrm{LP}_{\beta}(\tilde\rho_t)^2)}},
-    \qquad \tilde\rho_t = \rho_t\,(1 + (w - 1)[\rho_t < 0]),\qquad
+    \qquad \tilde\rho_t = \rho_t\,(1 + (w_t - 1)[\rho_t < 0]),\qquad
     \rho_t = \cos\angle(g_t, d_{t-1}),\qquad
     \Delta\log\alpha_t \mathrel{+}= \kappa_t h_t,
+
+    w_t = 1 + (w - 1)\,\sigma\big(4(\zeta - p_t)\big),\qquad
+    p_t = \frac{\mathrm{LP}_{\beta_s}(\ell_t) - \mathrm{LP}_{\beta_f}(\ell_t)}
+      {\sqrt{(1 - \beta_f)\,\mathrm{LP}_{\beta_s}\big((\ell_t -
+       \mathrm{LP}_{\beta_s}(\ell_t))^2\big)}}
 
     \kappa_{t+1} = \Pi_{[\kappa_{\min}, \kappa_{\max}]}\big(\kappa_t \cdot
       (\text{grow if } h_t h_{t-1} > 0 \text{ else shrink})\big)
 
   where :math:`d_{t-1}` is the direction of the step the base applied last
   (the momentum, preconditioned for Adam: ``ae.adapt`` measures ρ there).
+  With a progress gate ζ, :math:`p_t` is a z-score of the loss's recent
+  improvement (its slow mean minus its fast mean, over the fast mean's noise
+  scale) and reversals weigh :math:`w` only once it falls below ζ, where the
+  loss has stopped improving; without one, :math:`w_t = w`.
   A step whose gradient was clipped (``signals.clip < 1``, see
   :class:`ae_jax.measurement.FilterConfig`) while the loss rose above its
   running mean counts as ρ = −1, a reversal.
@@ -728,6 +750,15 @@ def hypergradient(coefficient: str = "learning_rate", *,
       rate that is best over a horizon when gradients are noise-dominated
       (Wu et al. 2018); w > 1 moves it down. With consistent signs h is ±1
       whatever w, so the climb from a bad start keeps its speed.
+    progress_gate: ζ, or ``None`` (reversals always weigh ``w``). With a
+      number, reversals weigh ``w`` only while the loss's improvement
+      z-score :math:`p_t` is below ζ (a sigmoid of slope 4 between), 1 while
+      the loss is still falling clearly: the short-horizon correction is for
+      a loss at its noise floor, and while it falls the greedy rate is
+      not too high (the canonical chain uses
+      :data:`HYPERGRADIENT_PROGRESS_GATE`).
+    progress_decays: ``(β_f, β_s)``, the decays of the loss's fast and slow
+      means for :math:`p_t` (β_s also filters the squared deviation).
     filter_mode: EMA flavour, see :class:`ae_jax.measurement.FilterConfig`.
     smooth: AE-9: the sign test becomes ``sigmoid(h_t h_{t-1} / τ)``;
       ``True`` uses :data:`DEFAULT_TEMPERATURE`.
@@ -741,7 +772,8 @@ def hypergradient(coefficient: str = "learning_rate", *,
     ...     ae.laws.evolve({"learning_rate": 0.01}),
     ...     ae.laws.hypergradient("learning_rate",
     ...                           decay=ae.laws.HYPERGRADIENT_DECAY,
-    ...                           reversal_weight=2.0))
+    ...                           reversal_weight=2.0,
+    ...                           progress_gate=1.0))
 
   References:
     Baydin et al., `Online Learning Rate Adaptation with Hypergradient
@@ -757,14 +789,20 @@ def hypergradient(coefficient: str = "learning_rate", *,
   check_positive("ae_jax.laws.hypergradient: ", gain=gain, grow=grow,
                  shrink=shrink, min_gain=min_gain,
                  reversal_weight=reversal_weight)
+  if progress_gate is not None:
+    _check_progress_gate(progress_gate, progress_decays)
 
   def init_fn(params):
     _check_names("hypergradient", [coefficient], params)
     dtype = params[coefficient].dtype
     zero = lambda: jnp.zeros([], dtype)
+    loss = ((zero(), zero(), zero()) if progress_gate is not None
+            else ((), (), ()))
     return HypergradientState(count=jnp.zeros([], jnp.int32), mean=zero(),
                               square=zero(),
-                              gain=jnp.asarray(gain, dtype), last=zero())
+                              gain=jnp.asarray(gain, dtype), last=zero(),
+                              loss_fast=loss[0], loss_slow=loss[1],
+                              loss_var=loss[2])
 
   def update_fn(updates, state, params=None, *, signals, **extra_args):
     del params, extra_args
@@ -782,7 +820,13 @@ def hypergradient(coefficient: str = "learning_rate", *,
     # one-step (greedy) hypergradient equilibrium sits above the rate that is
     # best over a horizon when the gradient is noise-dominated (short-horizon
     # bias), so α settles where aligned steps outweigh reversals w to 1.
-    rho = jnp.where(rho < 0, reversal_weight * rho, rho)
+    if progress_gate is None:
+      weight, loss_state = reversal_weight, ((), (), ())
+    else:
+      weight, loss_state = _gated_weight(state, signals.loss, reversal_weight,
+                                         progress_gate, progress_decays,
+                                         filter_mode)
+    rho = jnp.where(rho < 0, weight * rho, rho)
     mean, mean_hat = measurement.ema(state.mean, rho, decay, state.count,
                                      filter_mode)
     square, square_hat = measurement.ema(state.square, rho * rho,
@@ -800,10 +844,47 @@ def hypergradient(coefficient: str = "learning_rate", *,
     new_state = HypergradientState(count=optax.safe_increment(state.count),
                                    mean=mean, square=square,
                                    gain=new_gain.astype(state.gain.dtype),
-                                   last=h)
+                                   last=h, loss_fast=loss_state[0],
+                                   loss_slow=loss_state[1],
+                                   loss_var=loss_state[2])
     return _add(updates, coefficient, state.gain * h), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _check_progress_gate(gate, decays) -> None:
+  if not math.isfinite(float(gate)):
+    raise ValueError(f"ae_jax.laws.hypergradient: progress_gate must be "
+                     f"finite, got {gate!r}")
+  try:
+    fast, slow = (float(d) for d in decays)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"ae_jax.laws.hypergradient: progress_decays must be "
+                     f"two decays (fast, slow), got {decays!r}") from e
+  if not 0.0 < fast < slow < 1.0:
+    raise ValueError(f"ae_jax.laws.hypergradient: progress_decays must "
+                     f"satisfy 0 < fast < slow < 1, got {decays!r}")
+
+
+def _gated_weight(state: HypergradientState, loss, weight, gate, decays,
+                  filter_mode):
+  """The reversal weight w_t of :func:`hypergradient`'s progress gate and
+  the new loss filters: ``w`` where the loss's improvement z-score is below
+  the gate, 1 where the loss still falls clearly."""
+  fast_decay, slow_decay = decays
+  loss = jnp.asarray(loss, state.mean.dtype)
+  fast, fast_hat = measurement.ema(state.loss_fast, loss, fast_decay,
+                                   state.count, filter_mode)
+  slow, slow_hat = measurement.ema(state.loss_slow, loss, slow_decay,
+                                   state.count, filter_mode)
+  var, var_hat = measurement.ema(state.loss_var, (loss - slow_hat) ** 2,
+                                 slow_decay, state.count, filter_mode)
+  # The improvement in units of the fast mean's noise: scale-free, ~0 on a
+  # noise floor or a plateau, a few units while the loss falls.
+  progress = (slow_hat - fast_hat) * jax.lax.rsqrt(
+      (1.0 - fast_decay) * var_hat + jnp.finfo(var_hat.dtype).tiny)
+  stalled = jax.nn.sigmoid(_PROGRESS_SHARPNESS * (gate - progress))
+  return 1.0 + (weight - 1.0) * stalled, (fast, slow, var)
 
 
 # -- AE-6: budget -------------------------------------------------------------

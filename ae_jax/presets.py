@@ -37,6 +37,7 @@ from ae_jax.laws import (CANONICAL_COUPLING, CANONICAL_DRIVE, CANONICAL_ETA,
                          CANONICAL_GAUGE_ETA, CANONICAL_HYPERGRADIENT,
                          CANONICAL_MAX_STEP, CANONICAL_NOISE,
                          CANONICAL_TEMPERATURES, HYPERGRADIENT_DECAY,
+                         HYPERGRADIENT_PROGRESS_GATE,
                          HYPERGRADIENT_REVERSAL_WEIGHT, SGDM_REVERSAL_WEIGHT)
 from ae_jax._adapt import adapt
 from ae_jax.coefficient import Coefficient, check_positive
@@ -171,6 +172,7 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
                    drive: bool | None = None, safety: bool = False,
                    safety_forget: float = 1.0, gauge_warmup: int = 50,
                    reversal_weight: float = HYPERGRADIENT_REVERSAL_WEIGHT,
+                   progress_gate: float | None = HYPERGRADIENT_PROGRESS_GATE,
                    gains: Mapping[str, laws.DriveGains] | LawGains | None = None,
                    eta: Mapping[str, float] | None = None,
                    smooth=False) -> optax.GradientTransformationExtraArgs:
@@ -204,6 +206,9 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
       alignment (:func:`ae_jax.laws.hypergradient`). Use 1 around a sign
       base (Lion, signSGD): a coordinate at its optimum reverses at any α
       there, so a reversal says less about α.
+    progress_gate: reversals weigh ``reversal_weight`` only once the loss's
+      improvement z-score falls below this (:func:`ae_jax.laws.hypergradient`);
+      ``None``: always.
     gains: a :class:`LawGains` (every gain, may be traced: AE-9), or
       overrides of :data:`CANONICAL_DRIVE` rows.
     eta: overrides of :data:`CANONICAL_ETA` (with a mapping ``gains``).
@@ -231,7 +236,9 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
   if hypergradient and step_size in names:
     chain.append(laws.hypergradient(
         step_size, gain=gains.hypergradient, decay=HYPERGRADIENT_DECAY,
-        reversal_weight=reversal_weight))
+        reversal_weight=reversal_weight,
+        # With a weight of 1 the gate has nothing to switch.
+        progress_gate=(None if _is_one(reversal_weight) else progress_gate)))
   if gauge and step_size in names:
     chain.append(laws.gauge(step_size, eta=gains.gauge, warmup=gauge_warmup,
                             calibration=1.0))
@@ -247,6 +254,10 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
     chain.append(laws.resonance(step_size, phase_gain=gains.phase,
                                 smooth=smooth))
   return optax.chain(*chain)
+
+
+def _is_one(value) -> bool:
+  return isinstance(value, (int, float)) and value == 1
 
 
 def _float32_at_least(tree) -> jnp.dtype:

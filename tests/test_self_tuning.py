@@ -70,6 +70,111 @@ def test_hypergradient_smooth_mode_is_differentiable():
   np.testing.assert_allclose(float(g), float(fd), rtol=1e-2)
 
 
+def _run_gated(law, rhos, losses):
+  z = {"learning_rate": jnp.zeros([])}
+  state = law.init(z)
+  steps = []
+  for r, l in zip(rhos, losses):
+    signals = _signals(r)._replace(loss=jnp.asarray(l, jnp.float32))
+    dz, state = law.update({"learning_rate": jnp.zeros([])}, state, z,
+                           signals=signals)
+    steps.append(float(dz["learning_rate"]))
+  return np.array(steps)
+
+
+def test_progress_gate_weight_by_hand():
+  # decays (0.5, 0.75), losses 1 then 0 (debiased EMAs):
+  #   fast = (1 + 2·0)/3 = 1/3, slow = (3·1 + 4·0)/7 = 3/7,
+  #   var = (0 - 3/7)² · 0.25/0.4375 = 36/343,
+  #   p = (3/7 - 1/3) / sqrt(0.5 · 36/343)
+  state = laws.HypergradientState(*([jnp.zeros([])] * 8))._replace(
+      count=jnp.zeros([], jnp.int32))
+  w1, state1 = laws._gated_weight(state, 1.0, 3.0, 0.5, (0.5, 0.75),
+                                  "debiased")
+  # one sample: no improvement, no spread: p = 0
+  np.testing.assert_allclose(float(w1), 1 + 2 / (1 + math.exp(-4 * 0.5)),
+                             rtol=1e-6)
+  state1 = laws.HypergradientState(
+      jnp.ones([], jnp.int32), *([jnp.zeros([])] * 4), *state1)
+  w2, _ = laws._gated_weight(state1, 0.0, 3.0, 0.5, (0.5, 0.75), "debiased")
+  p = (3 / 7 - 1 / 3) / math.sqrt(0.5 * 36 / 343)
+  np.testing.assert_allclose(float(w2), 1 + 2 / (1 + math.exp(-4 * (0.5 - p))),
+                             rtol=1e-5)
+
+
+def _gate_weights(losses, weight=2.0, gate=1.0):
+  state = laws.hypergradient(progress_gate=gate).init(
+      {"learning_rate": jnp.zeros([])})
+  out = []
+  for l in losses:
+    w, filters = laws._gated_weight(state, l, weight, gate,
+                                    laws.HYPERGRADIENT_PROGRESS_DECAYS,
+                                    "debiased")
+    state = state._replace(count=state.count + 1, loss_fast=filters[0],
+                           loss_slow=filters[1], loss_var=filters[2])
+    out.append(float(w))
+  return np.array(out)
+
+
+def test_progress_gate_weighs_reversals_only_on_a_stalled_loss():
+  rng = np.random.default_rng(0)
+  noise = 0.01 * rng.normal(size=300)
+  falling = np.exp(-np.arange(300) / 100.0) + noise
+  flat = 0.5 + noise
+  # While the loss falls clearly reversals weigh ~1, on a flat noisy loss ~w.
+  assert _gate_weights(falling)[30:200].max() < 1.05
+  assert _gate_weights(flat)[20:].mean() > 1.8
+  # Through the law: on the flat loss with zero-mean ρ the gated law pulls α
+  # down like w = 2 does; on the falling loss it moves it like w = 1.
+  rhos = rng.normal(size=300) * 0.3
+  gated = _run_gated(laws.hypergradient(reversal_weight=2.0,
+                                        progress_gate=1.0), rhos, flat)
+  w1, w2 = (_run_gated(laws.hypergradient(reversal_weight=w), rhos, flat)
+            for w in (1.0, 2.0))
+  assert gated.sum() < w1.sum() - 0.5
+  assert abs(gated.sum() - w2.sum()) < abs(gated.sum() - w1.sum())
+  gated = _run_gated(laws.hypergradient(reversal_weight=2.0,
+                                        progress_gate=1.0), rhos[:200],
+                     falling[:200])
+  w1, w2 = (_run_gated(laws.hypergradient(reversal_weight=w), rhos[:200],
+                       falling[:200]) for w in (1.0, 2.0))
+  assert abs(gated.sum() - w1.sum()) < 0.25 * abs(gated.sum() - w2.sum())
+
+
+def test_progress_gate_is_invariant_to_the_loss_scale_and_offset():
+  rng = np.random.default_rng(1)
+  rhos = rng.normal(size=200) * 0.3
+  losses = np.exp(-np.arange(200) / 80.0) + 0.02 * rng.normal(size=200)
+  law = lambda: laws.hypergradient(reversal_weight=2.0, progress_gate=1.0)
+  np.testing.assert_allclose(_run_gated(law(), rhos, 1e3 * losses + 5.0),
+                             _run_gated(law(), rhos, losses), atol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"progress_gate": float("nan")}, "progress_gate"),
+    ({"progress_gate": 1.0, "progress_decays": (0.99, 0.9)},
+     "progress_decays"),
+    ({"progress_gate": 1.0, "progress_decays": 0.9}, "progress_decays"),
+])
+def test_progress_gate_is_validated(kwargs, field):
+  with pytest.raises(ValueError, match=field):
+    laws.hypergradient(**kwargs)
+
+
+def test_canonical_chain_gates_the_adam_weight_only():
+  def law_state(**kwargs):
+    z = {"learning_rate": jnp.zeros([]), "b1": jnp.zeros([])}
+    state = ae.canonical_laws(["learning_rate", "b1"], **kwargs).init(z)
+    found = [s for s in state if isinstance(s, laws.HypergradientState)]
+    assert len(found) == 1
+    return found[0]
+  # The Adam presets' weight 2 is gated; ae_sgdm's weight 1 has no gate.
+  assert law_state().loss_fast.shape == ()
+  assert law_state(
+      reversal_weight=laws.SGDM_REVERSAL_WEIGHT).loss_fast == ()
+  assert law_state(progress_gate=None).loss_fast == ()
+
+
 def test_grad_clip_scales_a_spike_to_four_times_the_running_norm():
   cfg = measurement.FilterConfig(grad_clip=4.0, grad_norm=0.5)
   state = measurement.init_filters(jnp.float32)
