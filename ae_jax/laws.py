@@ -668,9 +668,13 @@ HYPERGRADIENT_DECAY = 0.5
 # held-out cells).
 HYPERGRADIENT_REVERSAL_WEIGHT = 2.0
 SGDM_REVERSAL_WEIGHT = 1.0
-# ... but only once the loss has stopped improving (docs/laws.md, "Reversal
-# weight"): the threshold of the progress z-score and the loss filters.
+# ... but only once the loss has stopped improving (docs/laws.md, "Progress
+# gate"): the threshold of the progress z-score and the loss filters. While
+# the loss still falls, reversals weigh the progress weight instead: 1 for
+# the Adam presets, 0.5 for ae_sgdm (its greedy rate was too low on the CNNs).
 HYPERGRADIENT_PROGRESS_GATE = 1.0
+HYPERGRADIENT_PROGRESS_WEIGHT = 1.0
+SGDM_PROGRESS_WEIGHT = 0.5
 HYPERGRADIENT_PROGRESS_DECAYS = (0.9, 0.99)
 # Sharpness of the progress gate's sigmoid, per unit of z.
 _PROGRESS_SHARPNESS = 4.0
@@ -696,7 +700,7 @@ def hypergradient(coefficient: str = "learning_rate", *,
                   gain=CANONICAL_HYPERGRADIENT,
                   min_gain=None, grow=1.2, shrink=0.5, decay=0.7,
                   square_decay=0.99, reversal_weight=1.0,
-                  progress_gate=None,
+                  progress_gate=None, progress_weight=1.0,
                   progress_decays=HYPERGRADIENT_PROGRESS_DECAYS,
                   filter_mode: str = "debiased",
                   smooth=False) -> optax.GradientTransformationExtraArgs:
@@ -710,7 +714,7 @@ def hypergradient(coefficient: str = "learning_rate", *,
     \rho_t = \cos\angle(g_t, d_{t-1}),\qquad
     \Delta\log\alpha_t \mathrel{+}= \kappa_t h_t,
 
-    w_t = 1 + (w - 1)\,\sigma\big(4(\zeta - p_t)\big),\qquad
+    w_t = w_p + (w - w_p)\,\sigma\big(4(\zeta - p_t)\big),\qquad
     p_t = \frac{\mathrm{LP}_{\beta_s}(\ell_t) - \mathrm{LP}_{\beta_f}(\ell_t)}
       {\sqrt{(1 - \beta_f)\,\mathrm{LP}_{\beta_s}\big((\ell_t -
        \mathrm{LP}_{\beta_s}(\ell_t))^2\big)}}
@@ -723,7 +727,8 @@ def hypergradient(coefficient: str = "learning_rate", *,
   With a progress gate ζ, :math:`p_t` is a z-score of the loss's recent
   improvement (its slow mean minus its fast mean, over the fast mean's noise
   scale) and reversals weigh :math:`w` only once it falls below ζ, where the
-  loss has stopped improving; without one, :math:`w_t = w`.
+  loss has stopped improving, and :math:`w_p` while it still falls; without
+  one, :math:`w_t = w`.
   A step whose gradient was clipped (``signals.clip < 1``, see
   :class:`ae_jax.measurement.FilterConfig`) while the loss rose above its
   running mean counts as ρ = −1, a reversal.
@@ -745,8 +750,8 @@ def hypergradient(coefficient: str = "learning_rate", *,
     shrink: factor of κ when the sign of h flips.
     decay: decay of the EMA of ρ.
     square_decay: decay of the EMA of ρ².
-    reversal_weight: w ≥ 1, the weight of a reversal (ρ < 0) against an
-      alignment. The greedy hypergradient's equilibrium overestimates the
+    reversal_weight: w > 0, the weight of a reversal (ρ < 0) against an
+      alignment (on a stalled loss, with a progress gate). The greedy hypergradient's equilibrium overestimates the
       rate that is best over a horizon when gradients are noise-dominated
       (Wu et al. 2018); w > 1 moves it down. With consistent signs h is ±1
       whatever w, so the climb from a bad start keeps its speed.
@@ -757,6 +762,11 @@ def hypergradient(coefficient: str = "learning_rate", *,
       a loss at its noise floor, and while it falls the greedy rate is
       not too high (the canonical chain uses
       :data:`HYPERGRADIENT_PROGRESS_GATE`).
+    progress_weight: :math:`w_p` > 0, the weight of a reversal while the loss
+      still falls clearly (with a progress gate). Below 1 it raises the
+      equilibrium rate during training: the greedy (one-step) rate is too
+      small while the loss falls, the other side of the short-horizon bias
+      (Wu et al. 2018).
     progress_decays: ``(β_f, β_s)``, the decays of the loss's fast and slow
       means for :math:`p_t` (β_s also filters the squared deviation).
     filter_mode: EMA flavour, see :class:`ae_jax.measurement.FilterConfig`.
@@ -788,7 +798,8 @@ def hypergradient(coefficient: str = "learning_rate", *,
   temp = temperature(smooth)
   check_positive("ae_jax.laws.hypergradient: ", gain=gain, grow=grow,
                  shrink=shrink, min_gain=min_gain,
-                 reversal_weight=reversal_weight)
+                 reversal_weight=reversal_weight,
+                 progress_weight=progress_weight)
   if progress_gate is not None:
     _check_progress_gate(progress_gate, progress_decays)
 
@@ -824,8 +835,8 @@ def hypergradient(coefficient: str = "learning_rate", *,
       weight, loss_state = reversal_weight, ((), (), ())
     else:
       weight, loss_state = _gated_weight(state, signals.loss, reversal_weight,
-                                         progress_gate, progress_decays,
-                                         filter_mode)
+                                         progress_weight, progress_gate,
+                                         progress_decays, filter_mode)
     rho = jnp.where(rho < 0, weight * rho, rho)
     mean, mean_hat = measurement.ema(state.mean, rho, decay, state.count,
                                      filter_mode)
@@ -866,11 +877,11 @@ def _check_progress_gate(gate, decays) -> None:
                      f"satisfy 0 < fast < slow < 1, got {decays!r}")
 
 
-def _gated_weight(state: HypergradientState, loss, weight, gate, decays,
-                  filter_mode):
+def _gated_weight(state: HypergradientState, loss, weight, progress_weight,
+                  gate, decays, filter_mode):
   """The reversal weight w_t of :func:`hypergradient`'s progress gate and
-  the new loss filters: ``w`` where the loss's improvement z-score is below
-  the gate, 1 where the loss still falls clearly."""
+  the new loss filters: ``weight`` where the loss's improvement z-score is
+  below the gate, ``progress_weight`` where the loss still falls clearly."""
   fast_decay, slow_decay = decays
   loss = jnp.asarray(loss, state.mean.dtype)
   fast, fast_hat = measurement.ema(state.loss_fast, loss, fast_decay,
@@ -884,7 +895,8 @@ def _gated_weight(state: HypergradientState, loss, weight, gate, decays,
   progress = (slow_hat - fast_hat) * jax.lax.rsqrt(
       (1.0 - fast_decay) * var_hat + jnp.finfo(var_hat.dtype).tiny)
   stalled = jax.nn.sigmoid(_PROGRESS_SHARPNESS * (gate - progress))
-  return 1.0 + (weight - 1.0) * stalled, (fast, slow, var)
+  return (progress_weight + (weight - progress_weight) * stalled,
+          (fast, slow, var))
 
 
 # -- AE-6: budget -------------------------------------------------------------

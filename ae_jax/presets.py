@@ -38,7 +38,9 @@ from ae_jax.laws import (CANONICAL_COUPLING, CANONICAL_DRIVE, CANONICAL_ETA,
                          CANONICAL_MAX_STEP, CANONICAL_NOISE,
                          CANONICAL_TEMPERATURES, HYPERGRADIENT_DECAY,
                          HYPERGRADIENT_PROGRESS_GATE,
-                         HYPERGRADIENT_REVERSAL_WEIGHT, SGDM_REVERSAL_WEIGHT)
+                         HYPERGRADIENT_PROGRESS_WEIGHT,
+                         HYPERGRADIENT_REVERSAL_WEIGHT, SGDM_PROGRESS_WEIGHT,
+                         SGDM_REVERSAL_WEIGHT)
 from ae_jax._adapt import adapt
 from ae_jax.coefficient import Coefficient, check_positive
 from ae_jax._controller import Brake
@@ -173,6 +175,7 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
                    safety_forget: float = 1.0, gauge_warmup: int = 50,
                    reversal_weight: float = HYPERGRADIENT_REVERSAL_WEIGHT,
                    progress_gate: float | None = HYPERGRADIENT_PROGRESS_GATE,
+                   progress_weight: float = HYPERGRADIENT_PROGRESS_WEIGHT,
                    gains: Mapping[str, laws.DriveGains] | LawGains | None = None,
                    eta: Mapping[str, float] | None = None,
                    smooth=False) -> optax.GradientTransformationExtraArgs:
@@ -207,8 +210,10 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
       base (Lion, signSGD): a coordinate at its optimum reverses at any α
       there, so a reversal says less about α.
     progress_gate: reversals weigh ``reversal_weight`` only once the loss's
-      improvement z-score falls below this (:func:`ae_jax.laws.hypergradient`);
-      ``None``: always.
+      improvement z-score falls below this, and ``progress_weight`` while
+      the loss still falls (:func:`ae_jax.laws.hypergradient`); ``None``:
+      always ``reversal_weight``.
+    progress_weight: see ``progress_gate``.
     gains: a :class:`LawGains` (every gain, may be traced: AE-9), or
       overrides of :data:`CANONICAL_DRIVE` rows.
     eta: overrides of :data:`CANONICAL_ETA` (with a mapping ``gains``).
@@ -236,9 +241,10 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
   if hypergradient and step_size in names:
     chain.append(laws.hypergradient(
         step_size, gain=gains.hypergradient, decay=HYPERGRADIENT_DECAY,
-        reversal_weight=reversal_weight,
-        # With a weight of 1 the gate has nothing to switch.
-        progress_gate=(None if _is_one(reversal_weight) else progress_gate)))
+        reversal_weight=reversal_weight, progress_weight=progress_weight,
+        # With equal weights the gate has nothing to switch.
+        progress_gate=(None if _same(reversal_weight, progress_weight)
+                       else progress_gate)))
   if gauge and step_size in names:
     chain.append(laws.gauge(step_size, eta=gains.gauge, warmup=gauge_warmup,
                             calibration=1.0))
@@ -256,8 +262,9 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
   return optax.chain(*chain)
 
 
-def _is_one(value) -> bool:
-  return isinstance(value, (int, float)) and value == 1
+def _same(a, b) -> bool:
+  number = (int, float)
+  return isinstance(a, number) and isinstance(b, number) and a == b
 
 
 def _float32_at_least(tree) -> jnp.dtype:
@@ -517,7 +524,8 @@ def ae_sgdm(learning_rate: optax.ScalarOrSchedule = 1e-1,
            _sigma_spec(sigma, sigma_bounds)]
   return _finish(inner, specs, laws_chain, delayed=delayed, seed=seed,
                  gains=gains, smooth=smooth, step_scale=step_scale,
-                 reversal_weight=SGDM_REVERSAL_WEIGHT)
+                 reversal_weight=SGDM_REVERSAL_WEIGHT,
+                 progress_weight=SGDM_PROGRESS_WEIGHT)
 
 
 def _check_common(*, warm_start, learning_rate_bounds, sigma_bounds,

@@ -5,6 +5,7 @@ and Ω of the presets, and α finding a rate from starts six decades apart."""
 import math
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -89,25 +90,27 @@ def test_progress_gate_weight_by_hand():
   #   p = (3/7 - 1/3) / sqrt(0.5 · 36/343)
   state = laws.HypergradientState(*([jnp.zeros([])] * 8))._replace(
       count=jnp.zeros([], jnp.int32))
-  w1, state1 = laws._gated_weight(state, 1.0, 3.0, 0.5, (0.5, 0.75),
+  # w = 3, w_p = 0.5, ζ = 0.5: w_t = 0.5 + 2.5 sigmoid(4 (0.5 - p))
+  w1, state1 = laws._gated_weight(state, 1.0, 3.0, 0.5, 0.5, (0.5, 0.75),
                                   "debiased")
   # one sample: no improvement, no spread: p = 0
-  np.testing.assert_allclose(float(w1), 1 + 2 / (1 + math.exp(-4 * 0.5)),
+  np.testing.assert_allclose(float(w1), 0.5 + 2.5 / (1 + math.exp(-4 * 0.5)),
                              rtol=1e-6)
   state1 = laws.HypergradientState(
       jnp.ones([], jnp.int32), *([jnp.zeros([])] * 4), *state1)
-  w2, _ = laws._gated_weight(state1, 0.0, 3.0, 0.5, (0.5, 0.75), "debiased")
+  w2, _ = laws._gated_weight(state1, 0.0, 3.0, 0.5, 0.5, (0.5, 0.75),
+                             "debiased")
   p = (3 / 7 - 1 / 3) / math.sqrt(0.5 * 36 / 343)
-  np.testing.assert_allclose(float(w2), 1 + 2 / (1 + math.exp(-4 * (0.5 - p))),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+      float(w2), 0.5 + 2.5 / (1 + math.exp(-4 * (0.5 - p))), rtol=1e-5)
 
 
-def _gate_weights(losses, weight=2.0, gate=1.0):
+def _gate_weights(losses, weight=2.0, gate=1.0, progress_weight=1.0):
   state = laws.hypergradient(progress_gate=gate).init(
       {"learning_rate": jnp.zeros([])})
   out = []
   for l in losses:
-    w, filters = laws._gated_weight(state, l, weight, gate,
+    w, filters = laws._gated_weight(state, l, weight, progress_weight, gate,
                                     laws.HYPERGRADIENT_PROGRESS_DECAYS,
                                     "debiased")
     state = state._replace(count=state.count + 1, loss_fast=filters[0],
@@ -124,6 +127,9 @@ def test_progress_gate_weighs_reversals_only_on_a_stalled_loss():
   # While the loss falls clearly reversals weigh ~1, on a flat noisy loss ~w.
   assert _gate_weights(falling)[30:200].max() < 1.05
   assert _gate_weights(flat)[20:].mean() > 1.8
+  # ae_sgdm's weights: 0.5 while the loss falls, 1 once it stalls.
+  assert _gate_weights(falling, 1.0, progress_weight=0.5)[30:200].max() < 0.53
+  assert _gate_weights(flat, 1.0, progress_weight=0.5)[20:].mean() > 0.9
   # Through the law: on the flat loss with zero-mean ρ the gated law pulls α
   # down like w = 2 does; on the falling loss it moves it like w = 1.
   rhos = rng.normal(size=300) * 0.3
@@ -161,17 +167,20 @@ def test_progress_gate_is_validated(kwargs, field):
     laws.hypergradient(**kwargs)
 
 
-def test_canonical_chain_gates_the_adam_weight_only():
+def test_canonical_chain_gates_unequal_weights_only():
   def law_state(**kwargs):
     z = {"learning_rate": jnp.zeros([]), "b1": jnp.zeros([])}
     state = ae.canonical_laws(["learning_rate", "b1"], **kwargs).init(z)
     found = [s for s in state if isinstance(s, laws.HypergradientState)]
     assert len(found) == 1
     return found[0]
-  # The Adam presets' weight 2 is gated; ae_sgdm's weight 1 has no gate.
+  # The Adam presets (w = 2, w_p = 1) and ae_sgdm (w = 1, w_p = 0.5) are
+  # gated; equal weights leave nothing to switch.
   assert law_state().loss_fast.shape == ()
-  assert law_state(
-      reversal_weight=laws.SGDM_REVERSAL_WEIGHT).loss_fast == ()
+  assert law_state(reversal_weight=laws.SGDM_REVERSAL_WEIGHT,
+                   progress_weight=laws.SGDM_PROGRESS_WEIGHT
+                   ).loss_fast.shape == ()
+  assert law_state(reversal_weight=1.0).loss_fast == ()
   assert law_state(progress_gate=None).loss_fast == ()
 
 
@@ -263,3 +272,30 @@ def test_ae_adam_finds_a_rate_from_any_start(start):
   assert np.isfinite(np.asarray(losses)).all()
   # From 1e-5 and from 1 alike the noiseless problem is solved.
   assert float(loss(theta, 0)) < 1e-3 * float(losses[0])
+
+
+@pytest.mark.parametrize("preset", ["ae_sgdm", "ae_adam"])
+def test_bench_knockout_of_an_inert_law_is_the_preset(preset):
+  # The harness rebuilds the chain for knock-outs; with σ0 = 0 the noise law
+  # is inert, so "-no_noise" must be the preset step for step (ae_sgdm's
+  # reversal weights once differed from the chain's defaults there).
+  from ae_jax.bench import optimizers as O
+  from ae_jax.bench import tasks as T
+  task = T.get("quadratic")   # gradient noise: reversals happen
+  key = jax.random.PRNGKey(0)
+  runs = []
+  for name in (preset, f"{preset}-no_noise"):
+    spec = O.get(name)
+    tx = spec.factory(spec.default_lr, 100)
+    theta = task.init(key)
+
+    def step(carry, t, tx=tx):
+      theta, state = carry
+      value, g = jax.value_and_grad(task.loss)(theta, task.batch(key, t))
+      u, state = tx.update(g, state, theta, value=value)
+      return (optax.apply_updates(theta, u), state), None
+
+    (theta, _), _ = jax.lax.scan(step, (theta, tx.init(theta)),
+                                 jnp.arange(150))
+    runs.append(np.asarray(jax.flatten_util.ravel_pytree(theta)[0]))
+  np.testing.assert_array_equal(runs[0], runs[1])

@@ -263,7 +263,11 @@ _PRESET = {"ae_sgdm": ae.ae_sgdm, "ae_adam": ae.ae_adam,
            "ae_adamw": ae.ae_adamw}
 # ae_sgdm at 0.1 (EMA momentum) takes the steps of sgdm at 1e-2 (heavy ball).
 _DEFAULT_LR = {"ae_sgdm": 1e-1, "ae_adam": 1e-3, "ae_adamw": 1e-3}
-_BASE_FLAGS = {"ae_sgdm": {}, "ae_adam": {}, "ae_adamw": {}}
+# The preset's own law flags, so a knock-out differs from the preset only in
+# the law it knocks out (ae_sgdm's reversal weights are not the chain's).
+_BASE_FLAGS = {"ae_sgdm": {"reversal_weight": ae.laws.SGDM_REVERSAL_WEIGHT,
+                           "progress_weight": ae.laws.SGDM_PROGRESS_WEIGHT},
+               "ae_adam": {}, "ae_adamw": {}}
 
 
 def _ae(name, preset, lr, extra=None, knock=None, add=None):
