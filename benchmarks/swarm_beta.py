@@ -40,6 +40,10 @@ BETAS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
 KAPPAS = (0.05,)
 TUNING_SEEDS = (100, 101, 102)
 CACHE = pathlib.Path(__file__).parent / "results" / "swarm_beta.json"
+# The cached tuning (2026-12-05) read the swarm's best member at the end of
+# training, the spread case's figure then; keep that reading so cached and
+# new points compare.
+FIGURE = "final"
 
 
 def _key(point, task, setting, seed) -> str:
@@ -62,7 +66,8 @@ def sweep(points, tasks, settings, seeds, cache: dict) -> dict:
           continue
         res = swarm_spread.compare(tasks=(task,), settings=(setting,),
                                    seeds=todo, beta=point[0], kappa=point[1],
-                                   methods=("swarm",), log=None)
+                                   methods=("swarm",), log=None,
+                                   figure=FIGURE)
         for seed, loss in zip(todo, res[(task, setting)]["swarm"]):
           cache[_key(point, task, setting, seed)] = float(loss)
           print(f"beta {point[0]:>5g} kappa {point[1]:>5g}  {task:10s} "

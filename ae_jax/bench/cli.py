@@ -126,7 +126,7 @@ def _run_spread(args: argparse.Namespace) -> int:
   if args.steps is not None:
     kw["steps"] = args.steps
   try:
-    results = swarm_spread.compare(
+    figures = swarm_spread.compare_figures(
         tasks=args.tasks.split(","), settings=args.settings.split(","),
         seeds=range(args.seeds),
         beta=swarm_spread.DEFAULT_BETA if args.beta is None else args.beta,
@@ -135,9 +135,17 @@ def _run_spread(args: argparse.Namespace) -> int:
   except ValueError as e:
     print(f"ae-jax swarm --spread: {e}", file=sys.stderr)
     return 2
-  print(swarm_spread.table(results))
-  print(f"\nswarm/best-baseline best validation loss ratio: "
-        f"{swarm_spread.ratio(results):.4g}")
+  # The primary figure last: every method's best checkpoint.
+  print("\nFigure `final` (each method's best member or completed trial at "
+        "the end of training):")
+  print(swarm_spread.table(figures["final"]))
+  print("\nFigure `best` (each method's lowest validation loss at any "
+        "evaluation):")
+  print(swarm_spread.table(figures["best"]))
+  print(f"\nswarm/best-baseline final validation loss ratio: "
+        f"{swarm_spread.ratio(figures['final']):.4g}")
+  print(f"swarm/best-baseline best validation loss ratio: "
+        f"{swarm_spread.ratio(figures['best']):.4g}")
   return 0
 
 
