@@ -106,7 +106,7 @@ def test_cli_spread_runs_every_method_and_prints_the_ratio_last(capsys):
 @pytest.mark.parametrize("method", ["swarm", "hindsight", "pbt", "optuna"])
 def test_every_method_reads_its_best_checkpoint(method):
   # Every method is evaluated at the same cadence and its figure `best` is
-  # the lowest of those evaluations (Optuna alone was, before 2026-12-06):
+  # the lowest of those evaluations (before 2026-12-05 Optuna alone was):
   # never above `final`.
   task = swarm_spread.regression_task()
   hp = {"learning_rate": np.array([1e-3, 3e-3, 1e-2, 3.0], np.float32)}
@@ -118,9 +118,32 @@ def test_every_method_reads_its_best_checkpoint(method):
 
 def test_best_checkpoint_is_below_the_end_when_the_run_overfits():
   # AdamW at 0.1 on the regression MLP: validation loss 0.017 at an
-  # intermediate evaluation, 0.038 at the end (2026-12-06).
+  # intermediate evaluation, 0.038 at the end (2026-12-05).
   task = swarm_spread.regression_task()
   hp = {"learning_rate": np.array([0.1], np.float32)}
   fig = swarm_spread.run_hindsight(task, jax.random.PRNGKey(0), hp,
                                    steps=400, rounds=8)
   assert fig.best < 0.8 * fig.final
+
+
+def test_beta_sweep_report_picks_the_point_best_on_every_pair():
+  from benchmarks import swarm_beta as SB
+  tasks, settings, seeds = ("a", "b"), ("rates",), (100, 101)
+  cache = {}
+  losses = {(2.0, 0.05): (1.0, 2.0), (5.0, 0.05): (1.1, 2.4),
+            (2.0, 0.5): (1.0, 2.2)}
+  for point, (la, lb) in losses.items():
+    for seed in seeds:
+      cache[SB._key(point, "a", "rates", seed)] = la
+      cache[SB._key(point, "b", "rates", seed)] = lb
+  # A point with a missing seed is left out of the report, not averaged.
+  cache[SB._key((50.0, 0.05), "a", "rates", 100)] = 0.1
+  text, best = SB.report(tasks, settings, seeds, cache)
+  assert best == (2.0, 0.05)
+  rows = {line.split("|")[1].strip() + "/" + line.split("|")[2].strip():
+          float(line.split("|")[-2]) for line in text.splitlines()[2:]}
+  assert "50/0.05" not in rows
+  assert rows["2/0.05"] == 1.0
+  # Geometric mean of the ratios to the best point: sqrt(1.1 * 1.2).
+  assert abs(rows["5/0.05"] - (1.1 * 1.2) ** 0.5) < 1e-4
+  assert SB.report(tasks, settings, seeds, {})[1] is None

@@ -27,7 +27,7 @@ The figure (``best``) is each method's lowest validation loss at any of its
 evaluations — every member or trial is evaluated after each ``steps /
 rounds`` of its own steps, the same cadence for every method — i.e. the
 checkpoint a researcher would keep; over seeds with a 95 % Student t
-interval. Until 2026-12-06 only Optuna was read that way (the lowest value
+interval. Until 2026-12-05 only Optuna was read that way (the lowest value
 it had reported) and the others at the end of training; ``final`` keeps
 that reading for every method: the best member's (or completed trial's)
 validation loss at the end.
@@ -51,7 +51,6 @@ from ae_jax import swarm
 from ae_jax._adapt import write_hyperparams
 from ae_jax.bench.demo import t_interval
 
-FIGURES = ("best", "final")
 METHODS = ("swarm", "ae-independent", "optuna", "pbt", "hindsight")
 BASELINES = ("ae-independent", "optuna", "pbt")
 TASKS = ("regression", "digits_cnn", "char_lm")
@@ -73,6 +72,9 @@ class Figures(NamedTuple):
 
   best: float   # lowest validation loss at any evaluation
   final: float  # the best member's / completed trial's at the end
+
+
+FIGURES = Figures._fields
 
 
 class SpreadTask(NamedTuple):
@@ -467,8 +469,8 @@ def compare_figures(tasks: Sequence[str] = TASKS,
             log(f"  {name:10s} {setting:12s} seed {seed} {m:15s} best "
                 f"{res[m][-1].best:.5g} final {res[m][-1].final:.5g}  "
                 f"({time.perf_counter() - t0:.1f} s)")
-      for i, f in enumerate(FIGURES):
-        out[f][(name, setting)] = {m: np.asarray([r[i] for r in v])
+      for f in FIGURES:
+        out[f][(name, setting)] = {m: np.asarray([getattr(r, f) for r in v])
                                    for m, v in res.items()}
   return out
 
