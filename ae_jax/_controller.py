@@ -37,8 +37,10 @@ class Brake(NamedTuple):
       (``None``: never brake on the loss, as the reference in effect does).
     grad_limit: brake when ``‖g‖`` exceeds this or is not finite; with a
       gradient clip on (``FilterConfig.grad_clip``, the presets), such a
-      gradient's step is skipped instead (the base sees a zero gradient),
-      and only a non-finite gradient brakes.
+      gradient's step is skipped instead (the base sees a zero gradient;
+      after ``measurement.ABSURD_PATIENCE`` in a row such gradients are
+      read as the problem's scale and only clipped), and only a non-finite
+      gradient brakes.
     nonfinite_grad: brake when the gradient had any non-finite entry (NaN
       included, which sanitising would otherwise hide; the reference does
       not).
@@ -286,13 +288,19 @@ def _brake_trigger(brake: Brake, filters, sig, stats, loss, temp, dtype):
   nonfinite = ~jnp.isfinite(sig.gnorm)
   if brake.nonfinite_grad:
     nonfinite = nonfinite | (stats.nonfinite > 0)
-  # With the gradient clip on, what reaches the base is the clipped
-  # gradient (an absurd one, above grad_limit, is skipped): the clip has
-  # answered in proportion, so only a non-finite gradient still brakes.
-  applied = sig.gnorm * sig.clip if filters.grad_clip is not None else (
-      sig.gnorm)
-  fire = laws_lib.gate(
-      jnp.log(jnp.where(nonfinite, 1.0, applied) / brake.grad_limit), temp)
+  if filters.grad_clip is None:
+    fire = laws_lib.gate(
+        jnp.log(jnp.where(nonfinite, 1.0, sig.gnorm) / brake.grad_limit),
+        temp)
+  else:
+    # With the gradient clip on, what reaches the base is the clipped
+    # gradient (an absurd one, above grad_limit, skipped; a run of them, the
+    # problem's scale, clipped): the clip has answered in proportion, so
+    # only a non-finite gradient still brakes. (Testing the clipped norm
+    # against grad_limit braked α to its floor on every step of a problem
+    # whose gradients are all above it, though Adam's step ignores their
+    # size.)
+    fire = jnp.zeros([], dtype)
   if brake.loss_limit is not None:
     nonfinite = nonfinite | ~jnp.isfinite(loss)
     size = jnp.maximum(jnp.abs(jnp.where(jnp.isfinite(loss), loss, 0.0)),

@@ -116,6 +116,9 @@ class FilterState(NamedTuple):
   V_star: chex.Array
   S_star: chex.Array
   G: chex.Array  # low-passed norm of the (clipped) gradient
+  # consecutive absurd gradients so far (their steps are skipped up to
+  # ABSURD_PATIENCE in a row)
+  absurd_run: chex.Array
 
 
 class FilterConfig(NamedTuple):
@@ -548,11 +551,23 @@ def _gradient_variance(state: FilterState, config: FilterConfig,
              config.mode)
 
 
+# Consecutive absurd gradients (above the brake's absolute limit) whose steps
+# are skipped; beyond that many in a row they are not a spike but the
+# problem's scale (a run thrown far out on Rosenbrock, where ‖g‖ ~ 1e7, or a
+# loss summed over a large batch) and are read like any other gradient: the
+# relative clip scales them to its limit and they enter the running norm,
+# which then grows to them at its bounded rate. A run that skipped them all
+# stayed frozen for good.
+ABSURD_PATIENCE = 8
+
+
 def _clip_factor(state: FilterState, config: FilterConfig, gnorm,
                  grad_limit: float | None):
-  """``(clip, G accumulator)``: the relative clip's factor (1 when
-  ``config.grad_clip`` is off; 0, a skipped step, for an absurd norm above
-  ``grad_limit``) and the running norm of the clipped gradients."""
+  """``(clip, G accumulator, absurd run)``: the relative clip's factor (1
+  when ``config.grad_clip`` is off; 0, a skipped step, for an absurd norm
+  above ``grad_limit`` unless :data:`ABSURD_PATIENCE` absurd ones came just
+  before), the running norm of the clipped gradients and the count of
+  consecutive absurd gradients."""
   dtype = state.loss_mean.dtype
   clip = jnp.ones([], dtype)
   if config.grad_clip is not None:
@@ -564,14 +579,16 @@ def _clip_factor(state: FilterState, config: FilterConfig, gnorm,
     # No limit before the first gradient that entered the running norm.
     clip = jnp.where((state.G <= 0) | ~jnp.isfinite(gnorm), 1.0,
                      jnp.minimum(1.0, limit / gnorm))
-  absurd = jnp.zeros([], bool)
+  absurd = skip = jnp.zeros([], bool)
   if config.grad_clip is not None and grad_limit is not None:
     absurd = jnp.isfinite(gnorm) & (gnorm > grad_limit)
-    clip = jnp.where(absurd, 0.0, clip)
+    skip = absurd & (state.absurd_run < ABSURD_PATIENCE)
+    clip = jnp.where(skip, 0.0, clip)
   g_acc = optax.tree.update_moment(jnp.where(jnp.isfinite(gnorm),
                                              clip * gnorm, 0.0),
                                    state.G, config.grad_norm, order=1)
-  return clip, jnp.where(absurd, state.G, g_acc)
+  run = jnp.where(absurd, state.absurd_run + 1.0, 0.0)
+  return clip, jnp.where(skip, state.G, g_acc), run
 
 
 def measure(state: FilterState, config: FilterConfig, loss, stats: GradStats,
@@ -589,7 +606,9 @@ def measure(state: FilterState, config: FilterConfig, loss, stats: GradStats,
       exceeds this absolute limit (the brake's) is absurd: its step is
       skipped (``clip = 0``, the base sees a zero gradient), the first one
       included, and it does not enter the running norm the relative clip
-      reads.
+      reads; after :data:`ABSURD_PATIENCE` of them in a row they are read
+      like any other gradient (clipped to the relative limit, then part of
+      the running norm).
 
   Returns:
     ``(signals, new_state)``. ``signals.gamma`` and ``signals.brake`` are
@@ -623,7 +642,7 @@ def measure(state: FilterState, config: FilterConfig, loss, stats: GradStats,
       state, config, reward)
   s_acc, grad_var = _gradient_variance(state, config, stats)
   gnorm = safe_sqrt(stats.sumsq) + _TINY
-  clip, g_acc = _clip_factor(state, config, gnorm, grad_limit)
+  clip, g_acc, absurd_run = _clip_factor(state, config, gnorm, grad_limit)
   ref_norm = safe_sqrt(stats.ref_sumsq)
   rho = jnp.where(
       ref_norm > 0,
@@ -646,5 +665,5 @@ def measure(state: FilterState, config: FilterConfig, loss, stats: GradStats,
                    else jnp.ones_like(state.reward_seen)),
       loss_mean=loss_mean, T=t_acc, T_scale=ts_acc,
       V=v_acc, R=r_acc, R_scale=rs_acc, S=s_acc, V_star=vs_acc,
-      S_star=ss_acc, G=g_acc)
+      S_star=ss_acc, G=g_acc, absurd_run=absurd_run.astype(dtype))
   return signals, new_state
