@@ -90,19 +90,50 @@ def test_progress_gate_weight_by_hand():
   #   p = (3/7 - 1/3) / sqrt(0.5 · 36/343)
   state = laws.HypergradientState(*([jnp.zeros([])] * 8))._replace(
       count=jnp.zeros([], jnp.int32))
-  # w = 3, w_p = 0.5, ζ = 0.5: w_t = 0.5 + 2.5 sigmoid(4 (0.5 - p))
+  # w = 3, w_p = 0.5, ζ = 0.5: w_t = w̃_p + (3 - w̃_p) sigmoid(4 (0.5 - p)),
+  # w̃_p = 1 - 0.5 (1 - LP_0.99(ρ̃²)) (debiased; 1 before any ρ).
   w1, state1 = laws._gated_weight(state, 1.0, 3.0, 0.5, 0.5, (0.5, 0.75),
-                                  "debiased")
-  # one sample: no improvement, no spread: p = 0
-  np.testing.assert_allclose(float(w1), 0.5 + 2.5 / (1 + math.exp(-4 * 0.5)),
+                                  "debiased", 0.99)
+  # one sample: no improvement, no spread: p = 0; no ρ yet: w̃_p = 1
+  np.testing.assert_allclose(float(w1), 1 + 2 / (1 + math.exp(-4 * 0.5)),
                              rtol=1e-6)
   state1 = laws.HypergradientState(
       jnp.ones([], jnp.int32), *([jnp.zeros([])] * 4), *state1)
-  w2, _ = laws._gated_weight(state1, 0.0, 3.0, 0.5, 0.5, (0.5, 0.75),
-                             "debiased")
   p = (3 / 7 - 1 / 3) / math.sqrt(0.5 * 36 / 343)
+  # ρ̃² filtered to 0 (noise-dominated): w̃_p = w_p = 0.5
+  w2, _ = laws._gated_weight(state1, 0.0, 3.0, 0.5, 0.5, (0.5, 0.75),
+                             "debiased", 0.99)
   np.testing.assert_allclose(
       float(w2), 0.5 + 2.5 / (1 + math.exp(-4 * (0.5 - p))), rtol=1e-5)
+  # accumulator 0.0036 after one step of decay 0.99: LP = 0.36, w̃_p = 0.68
+  w3, _ = laws._gated_weight(state1._replace(square=jnp.asarray(0.0036)),
+                             0.0, 3.0, 0.5, 0.5, (0.5, 0.75), "debiased",
+                             0.99)
+  np.testing.assert_allclose(
+      float(w3), 0.68 + 2.32 / (1 + math.exp(-4 * (0.5 - p))), rtol=1e-5)
+
+
+def test_progress_weight_needs_noisy_gradients():
+  # On deterministic gradients (|ρ| ~ 1) the greedy rate is right and a
+  # progress weight below 1 only drives α into oscillation (the reference
+  # quadratic, tests/test_presets.py): the weight applied stays ~1 however
+  # clearly the loss falls. On noisy ones (|ρ| ~ 0.2) it is ~w_p.
+  falling = np.exp(-np.arange(200) / 50.0)
+  for rms, low, high in ((1.0, 0.99, 1.0), (0.2, 0.3, 0.35)):
+    state = laws.hypergradient(progress_gate=1.0).init(
+        {"learning_rate": jnp.zeros([])})
+    weights = []
+    for i, l in enumerate(falling):
+      state = state._replace(square=jnp.asarray(
+          rms**2 * (1 - 0.99**i)))   # LP_0.99(ρ̃²) = rms² (debiased)
+      w, filters = laws._gated_weight(state, l, 1.0, 0.3, 1.0,
+                                      laws.HYPERGRADIENT_PROGRESS_DECAYS,
+                                      "debiased", 0.99)
+      state = state._replace(count=state.count + 1, loss_fast=filters[0],
+                             loss_slow=filters[1], loss_var=filters[2])
+      weights.append(float(w))
+    assert low <= min(weights[30:]) and max(weights[30:]) <= high, (
+        rms, min(weights[30:]), max(weights[30:]))
 
 
 def _gate_weights(losses, weight=2.0, gate=1.0, progress_weight=1.0):
@@ -112,7 +143,7 @@ def _gate_weights(losses, weight=2.0, gate=1.0, progress_weight=1.0):
   for l in losses:
     w, filters = laws._gated_weight(state, l, weight, progress_weight, gate,
                                     laws.HYPERGRADIENT_PROGRESS_DECAYS,
-                                    "debiased")
+                                    "debiased", 0.99)
     state = state._replace(count=state.count + 1, loss_fast=filters[0],
                            loss_slow=filters[1], loss_var=filters[2])
     out.append(float(w))
@@ -127,7 +158,8 @@ def test_progress_gate_weighs_reversals_only_on_a_stalled_loss():
   # While the loss falls clearly reversals weigh ~1, on a flat noisy loss ~w.
   assert _gate_weights(falling)[30:200].max() < 1.05
   assert _gate_weights(flat)[20:].mean() > 1.8
-  # ae_sgdm's weights: 0.7 while the loss falls, 1 once it stalls.
+  # ae_sgdm-like weights (ρ̃² filtered to 0 here): 0.7 while the loss
+  # falls, 1 once it stalls.
   assert _gate_weights(falling, 1.0, progress_weight=0.7)[30:200].max() < 0.72
   assert _gate_weights(flat, 1.0, progress_weight=0.5)[20:].mean() > 0.9
   # Through the law: on the flat loss with zero-mean ρ the gated law pulls α
