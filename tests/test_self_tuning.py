@@ -120,27 +120,20 @@ def test_progress_weight_needs_noisy_gradients():
   # clearly the loss falls. On noisy ones (|ρ| ~ 0.2) it is ~w_p.
   falling = np.exp(-np.arange(200) / 50.0)
   for rms, low, high in ((1.0, 0.99, 1.0), (0.2, 0.3, 0.35)):
-    state = laws.hypergradient(progress_gate=1.0).init(
-        {"learning_rate": jnp.zeros([])})
-    weights = []
-    for i, l in enumerate(falling):
-      state = state._replace(square=jnp.asarray(
-          rms**2 * (1 - 0.99**i)))   # LP_0.99(ρ̃²) = rms² (debiased)
-      w, filters = laws._gated_weight(state, l, 1.0, 0.3, 1.0,
-                                      laws.HYPERGRADIENT_PROGRESS_DECAYS,
-                                      "debiased", 0.99)
-      state = state._replace(count=state.count + 1, loss_fast=filters[0],
-                             loss_slow=filters[1], loss_var=filters[2])
-      weights.append(float(w))
-    assert low <= min(weights[30:]) and max(weights[30:]) <= high, (
-        rms, min(weights[30:]), max(weights[30:]))
+    weights = _gate_weights(falling, 1.0, progress_weight=0.3, rho_rms=rms)
+    assert low <= weights[30:].min() and weights[30:].max() <= high, (
+        rms, weights[30:].min(), weights[30:].max())
 
 
-def _gate_weights(losses, weight=2.0, gate=1.0, progress_weight=1.0):
+def _gate_weights(losses, weight=2.0, gate=1.0, progress_weight=1.0,
+                  rho_rms=0.0):
+  """The gate's weights along ``losses``, the law's ρ̃² filter held at
+  LP_0.99(ρ̃²) = ``rho_rms``² (debiased)."""
   state = laws.hypergradient(progress_gate=gate).init(
       {"learning_rate": jnp.zeros([])})
   out = []
-  for l in losses:
+  for i, l in enumerate(losses):
+    state = state._replace(square=jnp.asarray(rho_rms**2 * (1 - 0.99**i)))
     w, filters = laws._gated_weight(state, l, weight, progress_weight, gate,
                                     laws.HYPERGRADIENT_PROGRESS_DECAYS,
                                     "debiased", 0.99)
