@@ -26,6 +26,7 @@ the two cost the same (``benchmarks/RESULTS.md``).
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple, Sequence
 
 import chex
@@ -34,8 +35,11 @@ import jax.numpy as jnp
 import optax
 
 from ae_jax import _controller as controller_lib
+from ae_jax import laws as laws_lib
 from ae_jax import measurement
 from ae_jax.coefficient import Coefficient, as_specs
+
+_TINY = 1e-30
 
 # Fields of Optax states that hold a first moment, in order of preference.
 MOMENTUM_FIELDS = ("mu", "trace", "ema")
@@ -61,12 +65,27 @@ class AdaptState(NamedTuple):
     key: PRNG key of the parameter noise ξ_t and the sampled statistics;
       carried unchanged from step to step when neither is drawn (exact
       statistics and no σ).
+    travel: the :class:`Travel` of the travel cap, ``()`` without one.
   """
 
   inner_state: Any
   controller: controller_lib.ControllerState
   phase_ref: Any
   key: chex.PRNGKey
+  travel: Any = ()
+
+
+class Travel(NamedTuple):
+  """State of :func:`adapt`'s travel cap.
+
+  Attributes:
+    path: the length of the road travelled, the sum of the lengths of the
+      steps applied so far.
+    radius: r₀, the length allowed before any travel.
+  """
+
+  path: chex.Array
+  radius: chex.Array
 
 
 def _inject_states(tree):
@@ -303,7 +322,9 @@ def adapt(inner: optax.GradientTransformation,
           stats_sample: int | None = None,
           energy_weight=0.05,
           smooth=False,
-          step_scale=None) -> optax.GradientTransformationExtraArgs:
+          step_scale=None,
+          travel_cap: float | None = None,
+          travel_radius: float = 1e-3) -> optax.GradientTransformationExtraArgs:
   """Drives the hyperparameters of ``inner`` with the AE laws every step.
 
   Example::
@@ -336,7 +357,7 @@ def adapt(inner: optax.GradientTransformation,
       gradient statistics from about this many sampled elements (see
       :func:`ae_jax.measurement.sampled_gradient_stats`); ``None`` is exact.
     energy_weight: weight of the leak term in the Lyapunov energy.
-    smooth: AE-9 smooth brake and projection (see
+    smooth: AE-9 smooth brake, projection and travel cap (see
       :func:`ae_jax.controller`); the laws take their own ``smooth``.
     step_scale: a factor on the base's update, before the noise ξ_t: a
       number or array (may be traced), or a schedule ``count -> factor``
@@ -344,6 +365,18 @@ def adapt(inner: optax.GradientTransformation,
       presets use it for traced and scheduled learning rates: the laws
       evolve α around a fixed α₀ and the factor carries the user's rate
       (see :func:`ae_jax.ae_adamw`). ``γ`` in the signals includes it.
+    travel_cap: C, or ``None`` (no cap). α is lowered where needed so that
+      no step is longer than C times the road travelled so far plus r₀:
+      :math:`\\alpha_t s_t \\|m_t\\| \\le C\\,(\\sum_{k<t}\\|\\Delta\\theta_k\\|
+      + r_0)`, ``s_t`` the ``step_scale``. The first steps are then at most
+      r₀ long, and the length can at most grow (1 + C)-fold per step
+      (the idea of DoG's r_ε and distance travelled: Ivgi et al. 2023). For
+      a base whose momentum is an EMA of the gradient (``ae.ema_sgd``):
+      its new length follows exactly from the step's statistics, so the
+      cap costs no pass over the parameters. Applied to the rate the base
+      uses, never below Ω's floor; the controller's α is lowered to it too.
+    travel_radius: r₀ relative to the parameters' initial scale:
+      ``travel_radius * (1 + ‖θ₀‖)``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` requires
@@ -363,6 +396,9 @@ def adapt(inner: optax.GradientTransformation,
       energy_weight=energy_weight, smooth=smooth)
   probe = _probe(inner)
   momentum_field = _find_momentum_field(probe, momentum)
+  _check_travel(travel_cap, travel_radius, names, hyperparams, step_size,
+                momentum_field,
+                _find_second_moment_field(probe, momentum_field))
   wiring = _Wiring(
       inner=inner, ctrl=ctrl, names=names, filters=filters,
       step_size=step_size, noise=_drawn_noise(specs, noise),
@@ -370,7 +406,9 @@ def adapt(inner: optax.GradientTransformation,
       second_field=_find_second_moment_field(probe, momentum_field),
       inf_value=(brake or controller_lib.Brake()).inf_value,
       stats_sample=None if stats_sample is None else int(stats_sample),
-      delayed=delayed, seed=seed, step_scale=step_scale)
+      delayed=delayed, seed=seed, step_scale=step_scale,
+      travel_cap=travel_cap, travel_radius=travel_radius,
+      temperature=laws_lib.temperature(smooth))
   return optax.GradientTransformationExtraArgs(_init_fn(wiring),
                                                _update_fn(wiring))
 
@@ -392,6 +430,9 @@ class _Wiring(NamedTuple):
   delayed: bool
   seed: int
   step_scale: Any
+  travel_cap: Any             # None, a number, or traced (inject_hyperparams)
+  travel_radius: Any
+  temperature: Any            # AE-9: None for the hard cap
 
   def plan(self, tree):
     """The sampled statistics' blocks per leaf, or None (exact)."""
@@ -460,6 +501,33 @@ def _check_config(names, hyperparams, step_size, noise, stats_sample):
                      f"count or None, got {stats_sample}")
 
 
+def _check_travel(cap, radius, names, hyperparams, step_size, momentum_field,
+                  second_field):
+  if cap is None:
+    return
+  # A traced value (inject_hyperparams traces the presets' numbers) is
+  # checked by whoever chose it.
+  for name, value in (("travel_cap", cap), ("travel_radius", radius)):
+    if isinstance(value, jax.core.Tracer):
+      continue
+    if not (math.isfinite(float(value)) and float(value) > 0):
+      raise ValueError(f"adapt: {name} must be a positive number"
+                       f"{' or None' if name == 'travel_cap' else ''}, got "
+                       f"{value!r}")
+  if step_size not in names:
+    raise ValueError(f"adapt: travel_cap lowers the adapted step size, but "
+                     f"step_size={step_size!r} is not among the adapted "
+                     f"coefficients {list(names)}")
+  if momentum_field != "ema" or second_field is not None or (
+      "momentum" not in hyperparams):
+    raise ValueError(
+        "adapt: travel_cap needs a base whose momentum is an EMA of the "
+        "gradient with a 'momentum' hyperparameter (ae.ema_sgd), from which "
+        f"the step's length follows; this base's momentum field is "
+        f"{momentum_field!r}" + (f" with a second moment {second_field!r}"
+                                 if second_field else ""))
+
+
 def _drawn_noise(specs, noise) -> str | None:
   """The σ coefficient's name if it can be non-zero: a σ held at a single
   value (σ = 0 by default) draws no noise at all."""
@@ -496,8 +564,14 @@ def _init_fn(w: _Wiring):
       phase_ref = ()
     else:
       phase_ref = jax.tree.map(jnp.zeros_like, params)
+    travel = ()
+    if w.travel_cap is not None:
+      dtype = cstate.energy.dtype
+      scale = optax.tree.norm(params).astype(dtype)
+      travel = Travel(path=jnp.zeros([], dtype),
+                      radius=w.travel_radius * (1.0 + scale))
     return AdaptState(inner_state=inner_state, controller=cstate,
-                      phase_ref=phase_ref, key=key)
+                      phase_ref=phase_ref, key=key, travel=travel)
 
   return init_fn
 
@@ -540,6 +614,58 @@ def _next_phase_ref(w: _Wiring, inner_state, grads, plan, key):
       inner_state, w.momentum_field, w.second_field, grads, take=take))
 
 
+def _capped_rate(w: _Wiring, applied, inner_state, stats, clip, factor,
+                 travel: Travel):
+  """The rate the base applies this step under the travel cap (no higher
+  than ``applied``'s, no lower than Ω's floor; smooth with a temperature,
+  AE-9), whether the cap bound, and the new :class:`Travel`.
+
+  For the EMA momentum m_t = β m_{t-1} + (1 - β) c g_t (c the clip factor)
+  the step's length α s ‖m_t‖ follows from the statistics already reduced:
+  ‖m_t‖² = β² ‖m_{t-1}‖² + 2 β (1 - β) c g·m_{t-1} + ((1 - β) c)² ‖g‖²."""
+  alpha = applied[w.step_size]
+  dtype = stats.sumsq.dtype
+  beta = jnp.asarray(applied["momentum"] if "momentum" in applied
+                     else _hyperparam(inner_state, "momentum", 0.0), dtype)
+  new = (1.0 - beta) * clip
+  square = (beta * beta * stats.ref_sumsq + 2.0 * beta * new * stats.dot
+            + new * new * stats.sumsq)
+  per_rate = jnp.sqrt(jnp.maximum(square, _TINY))
+  if factor is not None:
+    per_rate = per_rate * jnp.maximum(jnp.abs(factor), _TINY)
+  limit = w.travel_cap * (travel.path + travel.radius)
+  # A non-finite length is the brake's business, not the cap's.
+  finite = jnp.isfinite(per_rate)
+  ceiling = limit / jnp.where(finite, per_rate, 1.0)
+  # Never below Ω's floor: Ω is the range the user declared.
+  spec = next(c for c in w.ctrl.specs if c.name == w.step_size)
+  if spec.lower > 0:
+    ceiling = jnp.exp(laws_lib.soft_max(jnp.log(ceiling),
+                                        math.log(spec.lower), w.temperature))
+  over = finite & (alpha > ceiling)
+  if w.temperature is None:
+    alpha = jnp.where(over, ceiling, alpha)
+  else:   # AE-9: a soft min in log α
+    alpha = jnp.where(finite, jnp.exp(laws_lib.soft_min(
+        jnp.log(jnp.maximum(alpha, _TINY)), jnp.log(ceiling),
+        w.temperature)), alpha)
+  length = jnp.where(finite, alpha * per_rate, 0.0)
+  return alpha, over, Travel(path=travel.path + length,
+                             radius=travel.radius)
+
+
+def _lower_rate(w: _Wiring, cstate, ceiling):
+  """The controller's α no higher than ``ceiling`` (its z re-encoded)."""
+  spec = next(c for c in w.ctrl.specs if c.name == w.step_size)
+  alpha = jnp.minimum(cstate.values[w.step_size], ceiling)
+  values = dict(cstate.values)
+  z = dict(cstate.z)
+  values[w.step_size] = alpha
+  z[w.step_size] = spec.to_z(jnp.maximum(alpha, _TINY))
+  return cstate._replace(z=type(cstate.z)(z),
+                         values=type(cstate.values)(values))
+
+
 def _update_fn(w: _Wiring):
   inner_update = optax.with_extra_args_support(w.inner).update
 
@@ -570,11 +696,30 @@ def _update_fn(w: _Wiring):
 
     values, cstate = w.ctrl.step(state.controller, value, stats, reward)
     scaled = _scaled(grads, cstate.signals.clip, w.filters)
+    factor = None
+    if w.step_scale is not None:
+      factor = (w.step_scale(state.controller.count)
+                if callable(w.step_scale) else w.step_scale)
+      factor = jnp.asarray(factor, dtype)
+    travel, inner_before = state.travel, state.inner_state
+    if w.travel_cap is not None:
+      alpha, over, travel = _capped_rate(
+          w, state.controller.values if w.delayed else values,
+          state.inner_state, stats, cstate.signals.clip, factor, travel)
+      # Delayed, the controller's α is next step's: only lowered where the
+      # cap bound this step (else it could never rise above the last one).
+      cstate = _lower_rate(w, cstate, jnp.where(over, alpha, jnp.inf)
+                           if w.delayed else alpha)
+      values = dict(cstate.values)
+      if w.delayed:
+        inner_before = write_hyperparams(inner_before, {w.step_size: alpha})
     if w.delayed:
       # Step t's coefficients steer step t+1; without clipping the update
       # does not depend on the controller step.
-      applied = state.controller.values
-      updates, inner_state = inner_update(scaled, state.inner_state, params,
+      applied = dict(state.controller.values)
+      if w.travel_cap is not None:
+        applied[w.step_size] = alpha
+      updates, inner_state = inner_update(scaled, inner_before, params,
                                           **extra_args)
       alpha = applied[w.step_size] if w.step_size in applied else 1.0
       cstate = cstate._replace(signals=cstate.signals._replace(
@@ -586,10 +731,7 @@ def _update_fn(w: _Wiring):
           scaled, write_hyperparams(state.inner_state, values), params,
           **extra_args)
 
-    if w.step_scale is not None:
-      factor = (w.step_scale(state.controller.count)
-                if callable(w.step_scale) else w.step_scale)
-      factor = jnp.asarray(factor, dtype)
+    if factor is not None:
       updates = jax.tree.map(lambda u: u * factor.astype(u.dtype), updates)
       cstate = cstate._replace(signals=cstate.signals._replace(
           gamma=factor * cstate.signals.gamma))
@@ -597,6 +739,6 @@ def _update_fn(w: _Wiring):
       updates = _add_noise(updates, applied[w.noise], noise_key)
     phase_ref = _next_phase_ref(w, inner_state, grads, plan, stats_key)
     return updates, AdaptState(inner_state=inner_state, controller=cstate,
-                               phase_ref=phase_ref, key=key)
+                               phase_ref=phase_ref, key=key, travel=travel)
 
   return update_fn

@@ -679,6 +679,9 @@ HYPERGRADIENT_PROGRESS_GATE = 1.0
 HYPERGRADIENT_PROGRESS_WEIGHT = 1.0
 SGDM_PROGRESS_WEIGHT = 0.3
 HYPERGRADIENT_PROGRESS_DECAYS = (0.9, 0.99)
+# A step whose ρ flips sign against the last one with ρ_t ρ_{t-1} below
+# minus this reads as a full reversal (docs/laws.md, "Alternation").
+HYPERGRADIENT_ALTERNATION = 0.5
 # Sharpness of the progress gate's sigmoid, per unit of z.
 _PROGRESS_SHARPNESS = 4.0
 
@@ -687,6 +690,7 @@ class HypergradientState(NamedTuple):
   """State of :func:`hypergradient`: EMAs of ρ and ρ², the current gain κ_t
   and the last normalised hypergradient; with a progress gate, the fast and
   slow EMAs of the loss and the slow EMA of its squared deviation (``()``
+  without one); with an alternation threshold, the last measured ρ (``()``
   without one)."""
 
   count: chex.Array
@@ -697,6 +701,7 @@ class HypergradientState(NamedTuple):
   loss_fast: chex.Array = ()
   loss_slow: chex.Array = ()
   loss_var: chex.Array = ()
+  rho_last: chex.Array = ()
 
 
 def hypergradient(coefficient: str = "learning_rate", *,
@@ -705,6 +710,7 @@ def hypergradient(coefficient: str = "learning_rate", *,
                   square_decay=0.99, reversal_weight=1.0,
                   progress_gate=None, progress_weight=1.0,
                   progress_decays=HYPERGRADIENT_PROGRESS_DECAYS,
+                  alternation=None,
                   filter_mode: str = "debiased",
                   smooth=False) -> optax.GradientTransformationExtraArgs:
   r"""The step size follows the sign of its own hypergradient (AE-5 phase term).
@@ -736,7 +742,9 @@ def hypergradient(coefficient: str = "learning_rate", *,
   one, :math:`w_t = w`.
   A step whose gradient was clipped (``signals.clip < 1``, see
   :class:`ae_jax.measurement.FilterConfig`) while the loss rose above its
-  running mean counts as ρ = −1, a reversal.
+  running mean counts as ρ = −1, a reversal; so does, with an alternation
+  threshold c, a step whose ρ flipped sign against the last one with
+  :math:`\rho_t\rho_{t-1} < -c` (a period-2 oscillation).
   The derivative of the loss with respect to :math:`\log\alpha` is
   :math:`-\alpha_{t-1} g_t^\top d_{t-1}`, so ρ > 0 says the last step was
   too short and ρ < 0 that it overshot. Dividing the filtered ρ by its RMS
@@ -776,6 +784,14 @@ def hypergradient(coefficient: str = "learning_rate", *,
       deterministic gradients, 0.03-0.1 on minibatches): :math:`\tilde w_p`.
     progress_decays: ``(β_f, β_s)``, the decays of the loss's fast and slow
       means for :math:`p_t` (β_s also filters the squared deviation).
+    alternation: c in (0, 1], or ``None`` (off): a step with
+      :math:`\rho_t\rho_{t-1} < -c` counts as ρ = −1. Two strongly
+      aligned measurements of opposite sign in a row are a stiff direction
+      overshooting back and forth; the filtered ρ averages them to ~0 and
+      the flipping sign shrinks the gain κ, so without this α stayed at
+      the unstable rate while the oscillation grew (``ae_sgdm`` thrown out
+      of Rosenbrock's valley). Minibatch ρ (RMS 0.15-0.3) rarely reaches
+      it: both factors must exceed ``sqrt(c)`` in size.
     filter_mode: EMA flavour, see :class:`ae_jax.measurement.FilterConfig`.
     smooth: AE-9: the sign test becomes ``sigmoid(h_t h_{t-1} / τ)``;
       ``True`` uses :data:`DEFAULT_TEMPERATURE`.
@@ -809,6 +825,9 @@ def hypergradient(coefficient: str = "learning_rate", *,
                  progress_weight=progress_weight)
   if progress_gate is not None:
     _check_progress_gate(progress_gate, progress_decays)
+  if alternation is not None and not 0.0 < float(alternation) <= 1.0:
+    raise ValueError(f"ae_jax.laws.hypergradient: alternation must be in "
+                     f"(0, 1] or None, got {alternation!r}")
 
   def init_fn(params):
     _check_names("hypergradient", [coefficient], params)
@@ -820,7 +839,9 @@ def hypergradient(coefficient: str = "learning_rate", *,
                               square=zero(),
                               gain=jnp.asarray(gain, dtype), last=zero(),
                               loss_fast=loss[0], loss_slow=loss[1],
-                              loss_var=loss[2])
+                              loss_var=loss[2],
+                              rho_last=(() if alternation is None
+                                        else zero()))
 
   def update_fn(updates, state, params=None, *, signals, **extra_args):
     del params, extra_args
@@ -833,7 +854,13 @@ def hypergradient(coefficient: str = "learning_rate", *,
     # Rosenbrock's valley without this). A clipped gradient alone is not
     # one: a spike, or gradients growing out of a tiny start, move no loss.
     overshoot = (signals.clip < 1.0) & (signals.loss > signals.loss_mean)
+    measured = rho
     rho = jnp.where(overshoot, -1.0, rho)
+    if alternation is not None:
+      # A stiff direction overshooting back and forth: ρ ~ +1, -1, +1, ...
+      # (0 before the first measurement: no flip). Smooth under AE-9.
+      flip = gate(-alternation - measured * state.rho_last, temp)
+      rho = rho + flip * (-1.0 - rho)
     # Reversals weigh ``reversal_weight`` times more than alignments: the
     # one-step (greedy) hypergradient equilibrium sits above the rate that is
     # best over a horizon when the gradient is noise-dominated (short-horizon
@@ -865,7 +892,9 @@ def hypergradient(coefficient: str = "learning_rate", *,
                                    gain=new_gain.astype(state.gain.dtype),
                                    last=h, loss_fast=loss_state[0],
                                    loss_slow=loss_state[1],
-                                   loss_var=loss_state[2])
+                                   loss_var=loss_state[2],
+                                   rho_last=(() if alternation is None
+                                             else measured))
     return _add(updates, coefficient, state.gain * h), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

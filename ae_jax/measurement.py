@@ -557,7 +557,8 @@ def _gradient_variance(state: FilterState, config: FilterConfig,
 # loss summed over a large batch) and are read like any other gradient: the
 # relative clip scales them to its limit and they enter the running norm,
 # which then grows to them at its bounded rate. A run that skipped them all
-# stayed frozen for good.
+# stayed frozen for good. An absurd gradient within the clip's limit of the
+# running norm is not skipped at all: the norm already says it is the scale.
 ABSURD_PATIENCE = 8
 
 
@@ -565,8 +566,8 @@ def _clip_factor(state: FilterState, config: FilterConfig, gnorm,
                  grad_limit: float | None):
   """``(clip, G accumulator, absurd run)``: the relative clip's factor (1
   when ``config.grad_clip`` is off; 0, a skipped step, for an absurd norm
-  above ``grad_limit`` unless :data:`ABSURD_PATIENCE` absurd ones came just
-  before), the running norm of the clipped gradients and the count of
+  above ``grad_limit`` that is also above the clip's limit, unless
+  :data:`ABSURD_PATIENCE` absurd ones came just before), the running norm of the clipped gradients and the count of
   consecutive absurd gradients."""
   dtype = state.loss_mean.dtype
   clip = jnp.ones([], dtype)
@@ -582,7 +583,11 @@ def _clip_factor(state: FilterState, config: FilterConfig, gnorm,
   absurd = skip = jnp.zeros([], bool)
   if config.grad_clip is not None and grad_limit is not None:
     absurd = jnp.isfinite(gnorm) & (gnorm > grad_limit)
-    skip = absurd & (state.absurd_run < ABSURD_PATIENCE)
+    # Once the running norm itself has grown to such gradients they are no
+    # spike: skipping them again whenever ‖g‖ re-crossed the limit kicked a
+    # momentum run ringing at that scale (a skipped step every ~10).
+    spike = (state.G <= 0) | (gnorm > limit)
+    skip = absurd & spike & (state.absurd_run < ABSURD_PATIENCE)
     clip = jnp.where(skip, 0.0, clip)
   g_acc = optax.tree.update_moment(jnp.where(jnp.isfinite(gnorm),
                                              clip * gnorm, 0.0),

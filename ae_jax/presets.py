@@ -36,7 +36,8 @@ from ae_jax import measurement
 from ae_jax.laws import (CANONICAL_COUPLING, CANONICAL_DRIVE, CANONICAL_ETA,
                          CANONICAL_GAUGE_ETA, CANONICAL_HYPERGRADIENT,
                          CANONICAL_MAX_STEP, CANONICAL_NOISE,
-                         CANONICAL_TEMPERATURES, HYPERGRADIENT_DECAY,
+                         CANONICAL_TEMPERATURES, HYPERGRADIENT_ALTERNATION,
+                         HYPERGRADIENT_DECAY,
                          HYPERGRADIENT_PROGRESS_GATE,
                          HYPERGRADIENT_PROGRESS_WEIGHT,
                          HYPERGRADIENT_REVERSAL_WEIGHT, SGDM_PROGRESS_WEIGHT,
@@ -59,6 +60,13 @@ GRAD_CLIP = 4.0
 # WARM_START · α₀ and climbs on the hypergradient (a decade in ~12 steps).
 LEARNING_RATE_RANGE = (1e-6, 1e4)
 WARM_START = 1e-3
+# ae_sgdm's travel cap (ae.adapt's travel_cap): no step longer than
+# TRAVEL_CAP times the road travelled so far plus TRAVEL_RADIUS (1 + ‖θ₀‖)
+# (docs/laws.md, "Travel cap"). SGD's step length is α‖m‖, unbounded in the
+# gradient's scale: from a rate 1000x too high its first step threw
+# Rosenbrock's iterate to f ~ 1e8.
+TRAVEL_CAP = 1.0
+TRAVEL_RADIUS = 1e-3
 FILTER_DECAYS = ("loss_mean", "trend", "variance", "grad_variance",
                  "reference")
 
@@ -176,6 +184,7 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
                    reversal_weight: float = HYPERGRADIENT_REVERSAL_WEIGHT,
                    progress_gate: float | None = HYPERGRADIENT_PROGRESS_GATE,
                    progress_weight: float = HYPERGRADIENT_PROGRESS_WEIGHT,
+                   alternation: float | None = HYPERGRADIENT_ALTERNATION,
                    gains: Mapping[str, laws.DriveGains] | LawGains | None = None,
                    eta: Mapping[str, float] | None = None,
                    smooth=False) -> optax.GradientTransformationExtraArgs:
@@ -214,6 +223,9 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
       the loss still falls (:func:`ae_jax.laws.hypergradient`); ``None``:
       always ``reversal_weight``.
     progress_weight: see ``progress_gate``.
+    alternation: a step whose ρ flips sign against the last one with
+      ρ_t ρ_{t-1} < −``alternation`` reads as a full reversal
+      (:func:`ae_jax.laws.hypergradient`); ``None``: off.
     gains: a :class:`LawGains` (every gain, may be traced: AE-9), or
       overrides of :data:`CANONICAL_DRIVE` rows.
     eta: overrides of :data:`CANONICAL_ETA` (with a mapping ``gains``).
@@ -242,6 +254,7 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
     chain.append(laws.hypergradient(
         step_size, gain=gains.hypergradient, decay=HYPERGRADIENT_DECAY,
         reversal_weight=reversal_weight, progress_weight=progress_weight,
+        alternation=alternation,
         # With equal weights the gate has nothing to switch.
         progress_gate=(None if _same(reversal_weight, progress_weight)
                        else progress_gate)))
@@ -450,7 +463,7 @@ def _sigma_spec(sigma, bounds):
 
 
 def _finish(inner, specs, laws_chain, *, delayed, seed, gains, smooth,
-            momentum="auto", step_scale=None, **law_flags):
+            momentum="auto", step_scale=None, travel_cap=None, **law_flags):
   names = [c.name for c in specs]
   cap = {n: 0.5 for n in ("momentum", "b1") if n in names}
   if laws_chain is None:
@@ -460,7 +473,8 @@ def _finish(inner, specs, laws_chain, *, delayed, seed, gains, smooth,
                brake=Brake(scale={LEARNING_RATE: 0.1}, cap=cap),
                filters=filter_config(gains), delayed=delayed, seed=seed,
                momentum=momentum, stats_sample=STATS_SAMPLE, smooth=smooth,
-               step_scale=step_scale)
+               step_scale=step_scale, travel_cap=travel_cap,
+               travel_radius=TRAVEL_RADIUS)
 
 
 def ae_sgdm(learning_rate: optax.ScalarOrSchedule = 1e-1,
@@ -470,6 +484,7 @@ def ae_sgdm(learning_rate: optax.ScalarOrSchedule = 1e-1,
             momentum_bounds=(0.0, 0.99), sigma_bounds=None,
             laws_chain=None, delayed: bool = False, seed: int = 0,
             gains: LawGains | None = None, smooth=False,
+            travel_cap: float | None = TRAVEL_CAP,
             ) -> optax.GradientTransformationExtraArgs:
   """AE-SGDm: SGD with EMA momentum whose α, β (``momentum``) and σ evolve.
 
@@ -506,6 +521,9 @@ def ae_sgdm(learning_rate: optax.ScalarOrSchedule = 1e-1,
     smooth: AE-9 smooth mode: every hard gate (stall, resonance, brake,
       Π_Ω, budget clips) is replaced by its smooth surrogate; ``True`` uses
       :data:`ae_jax.laws.DEFAULT_TEMPERATURE`, a number is the temperature.
+    travel_cap: no step longer than this times the road travelled so far
+      plus :data:`TRAVEL_RADIUS` ``(1 + ‖θ₀‖)``; α is lowered to meet it
+      (:func:`ae_jax.adapt`'s ``travel_cap``). ``None``: no cap.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``value=``.
@@ -525,7 +543,7 @@ def ae_sgdm(learning_rate: optax.ScalarOrSchedule = 1e-1,
   return _finish(inner, specs, laws_chain, delayed=delayed, seed=seed,
                  gains=gains, smooth=smooth, step_scale=step_scale,
                  reversal_weight=SGDM_REVERSAL_WEIGHT,
-                 progress_weight=SGDM_PROGRESS_WEIGHT)
+                 progress_weight=SGDM_PROGRESS_WEIGHT, travel_cap=travel_cap)
 
 
 def _check_common(*, warm_start, learning_rate_bounds, sigma_bounds,

@@ -59,8 +59,10 @@ def _quadratic_run(smooth, steps=120, start=0.3):
   # spikes of the stiff direction).
   chain = ae.canonical_laws(["learning_rate", "momentum", "sigma"],
                             resonance=True, budget=True, smooth=smooth)
+  # The travel cap (a controller-level guard with its own smooth surrogate,
+  # tests/test_self_tuning.py) is off: this run is about the laws' gates.
   tx = ae.ae_sgdm(start, 0.5, learning_rate_bounds=(1e-3, 0.35),
-                  smooth=smooth, laws_chain=chain)
+                  smooth=smooth, laws_chain=chain, travel_cap=None)
 
   def step(carry, _):
     p, s = carry

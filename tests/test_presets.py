@@ -418,13 +418,15 @@ def test_knockouts_build_chains_that_run():
 def test_knocking_out_every_driver_freezes_alpha():
   # Every law that drives α off: the hypergradient (default) and the opt-in
   # drive, gauge, resonance, coupling and safety. α starts at the given rate
-  # (warm_start=1.0), inside Ω, so the barrier below is the only force.
+  # (warm_start=1.0), inside Ω, so the barrier below is the only force. The
+  # travel cap, not a law, is off too (it would lower α on the first steps).
   chain = ae.canonical_laws(SGDM_NAMES, hypergradient=False, drive=False,
                             gauge=False, resonance=False, coupling=False,
                             safety=False)
   lo, hi = 1e-5, 1e-1
   traj = run(ae.ae_sgdm(1e-2, learning_rate_bounds=(lo, hi), warm_start=1.0,
-                        laws_chain=chain), quad, 30, jnp.zeros(2))
+                        laws_chain=chain, travel_cap=None), quad, 30,
+             jnp.zeros(2))
   lr = history(traj, "learning_rate")
   # Only the smooth barrier acts (width w = 1% of the log-interval, at most
   # 0.5; meta-step 0.01): log α drifts by -0.01 ψ'(log α), where
@@ -451,13 +453,15 @@ def test_resonance_knockout_shrinks_alpha_less_on_a_too_large_step():
   # step by itself), and differ only in the resonance law.
   steps = 40
   laws = dict(drive=True, hypergradient=False)
+  # The travel cap is off: it would shorten the first steps below the
+  # oscillation this test needs.
   full = run(
-      ae.ae_sgdm(0.8, momentum=0.0, warm_start=1.0,
+      ae.ae_sgdm(0.8, momentum=0.0, warm_start=1.0, travel_cap=None,
                  laws_chain=ae.canonical_laws(SGDM_NAMES, resonance=True,
                                               **laws)),
       quad, steps, jnp.zeros(2))
   knocked = run(
-      ae.ae_sgdm(0.8, momentum=0.0, warm_start=1.0,
+      ae.ae_sgdm(0.8, momentum=0.0, warm_start=1.0, travel_cap=None,
                  laws_chain=ae.canonical_laws(SGDM_NAMES, resonance=False,
                                               **laws)),
       quad, steps, jnp.zeros(2))
@@ -492,11 +496,12 @@ def test_ae_sgdm_default_starts_like_optax_sgd_default():
   # The default α = 0.1 (EMA momentum 0.9) is optax.sgd(1e-2, momentum=0.9):
   # started at the given rate (warm_start=1.0) the first update is the same
   # before AE has moved anything (delayed: step 0 runs with the initial
-  # coefficients; the gradient clip has no limit before the first gradient).
+  # coefficients; the gradient clip has no limit before the first gradient;
+  # the travel cap, which would shorten it, off).
   ref = optax.sgd(1e-2, momentum=0.9)
   g = jax.tree.map(lambda p: jnp.full_like(p, 0.7), PARAMS)
   u_ref, _ = ref.update(g, ref.init(PARAMS), PARAMS)
-  tx = ae.ae_sgdm(delayed=True, warm_start=1.0)
+  tx = ae.ae_sgdm(delayed=True, warm_start=1.0, travel_cap=None)
   u, _ = tx.update(g, tx.init(PARAMS), PARAMS, value=1.0)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
                u, u_ref)

@@ -93,8 +93,8 @@ class OptSpec:
   start_factory: Callable[[Any, int], Any] | None = None
 
   def at_start(self, start, steps: int):
-    """The transformation started at ``start`` (may be traced for the optax
-    peers; the AE presets refuse a traced start)."""
+    """The transformation started at ``start`` (may be traced: the sweep's
+    vmapped grid)."""
     return (self.start_factory or self.factory)(start, steps)
 
   def start_spec(self) -> "OptSpec":
@@ -291,21 +291,18 @@ def _ae(name, preset, lr, extra=None, knock=None, add=None):
     description += f", {knock} law off"
   if add:
     description += f", optional {add} law on"
-  def start_factory(start, steps, factory=factory, unit=lr):
-    # A traced start (the sweep's vmapped grid): the preset at ``unit``
-    # followed by a scale of start / unit. Ω, the warm start and the brake
-    # are relative to α0 and the step-size law and the clip are invariant to
-    # α's scale, so this is the run started at ``start`` (equal to float
-    # tolerance: tests/test_robustness_sweep.py).
-    if not isinstance(start, jax.core.Tracer):
-      return factory(start, steps)
-    return optax.chain(factory(unit, steps), optax.scale(start / unit))
+  # The start is the preset's learning rate, traced in the sweep's vmapped
+  # grid: the preset is then built at its static default and ``adapt``'s
+  # step_scale carries start / default. Ω, the warm start and the brake are
+  # relative to α0 and the step-size law and the clip are invariant to α's
+  # scale, so this is the run started at ``start`` (equal to float
+  # tolerance: tests/test_robustness_sweep.py); the travel cap of ae_sgdm
+  # sees the step scale, which an outer optax.scale would hide.
 
   register(OptSpec(name, factory, lr, needs_value=True, is_ae=True,
                    family=preset.replace("ae_", ""),
                    description=description,
-                   start_name="initial learning rate (α0)",
-                   start_factory=start_factory))
+                   start_name="initial learning rate (α0)"))
 
 
 for _p in _PRESET:
