@@ -368,8 +368,8 @@ def adapt(inner: optax.GradientTransformation,
     travel_cap: C, or ``None`` (no cap). α is lowered where needed so that
       no step is longer than C times the road travelled so far plus r₀:
       :math:`\\alpha_t s_t \\|m_t\\| \\le C\\,(\\sum_{k<t}\\|\\Delta\\theta_k\\|
-      + r_0)`, ``s_t`` the ``step_scale``. The first steps are then at most
-      r₀ long, and the length can at most grow (1 + C)-fold per step
+      + r_0)`, ``s_t`` the ``step_scale``. The first step is then at most
+      C r₀ long, and the length can at most grow (1 + C)-fold per step
       (the idea of DoG's r_ε and distance travelled: Ivgi et al. 2023). For
       a base whose momentum is an EMA of the gradient (``ae.ema_sgd``):
       its new length follows exactly from the step's statistics, so the
@@ -710,6 +710,8 @@ def _update_fn(w: _Wiring):
       # cap bound this step (else it could never rise above the last one).
       cstate = _lower_rate(w, cstate, jnp.where(over, alpha, jnp.inf)
                            if w.delayed else alpha)
+      cstate = cstate._replace(signals=cstate.signals._replace(
+          gamma=alpha * cstate.signals.gnorm))
       values = dict(cstate.values)
       if w.delayed:
         inner_before = write_hyperparams(inner_before, {w.step_size: alpha})
