@@ -396,14 +396,14 @@ def adapt(inner: optax.GradientTransformation,
       energy_weight=energy_weight, smooth=smooth)
   probe = _probe(inner)
   momentum_field = _find_momentum_field(probe, momentum)
+  second_field = _find_second_moment_field(probe, momentum_field)
   _check_travel(travel_cap, travel_radius, names, hyperparams, step_size,
-                momentum_field,
-                _find_second_moment_field(probe, momentum_field))
+                momentum_field, second_field)
   wiring = _Wiring(
       inner=inner, ctrl=ctrl, names=names, filters=filters,
       step_size=step_size, noise=_drawn_noise(specs, noise),
       momentum_field=momentum_field,
-      second_field=_find_second_moment_field(probe, momentum_field),
+      second_field=second_field,
       inf_value=(brake or controller_lib.Brake()).inf_value,
       stats_sample=None if stats_sample is None else int(stats_sample),
       delayed=delayed, seed=seed, step_scale=step_scale,
@@ -638,7 +638,7 @@ def _capped_rate(w: _Wiring, applied, inner_state, stats, clip, factor,
   finite = jnp.isfinite(per_rate)
   ceiling = limit / jnp.where(finite, per_rate, 1.0)
   # Never below Ω's floor: Ω is the range the user declared.
-  spec = next(c for c in w.ctrl.specs if c.name == w.step_size)
+  spec = _step_spec(w)
   if spec.lower > 0:
     ceiling = jnp.exp(laws_lib.soft_max(jnp.log(ceiling),
                                         math.log(spec.lower), w.temperature))
@@ -654,9 +654,13 @@ def _capped_rate(w: _Wiring, applied, inner_state, stats, clip, factor,
                              radius=travel.radius)
 
 
+def _step_spec(w: _Wiring) -> Coefficient:
+  return next(c for c in w.ctrl.specs if c.name == w.step_size)
+
+
 def _lower_rate(w: _Wiring, cstate, ceiling):
   """The controller's α no higher than ``ceiling`` (its z re-encoded)."""
-  spec = next(c for c in w.ctrl.specs if c.name == w.step_size)
+  spec = _step_spec(w)
   alpha = jnp.minimum(cstate.values[w.step_size], ceiling)
   values = dict(cstate.values)
   z = dict(cstate.z)

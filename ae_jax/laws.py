@@ -680,7 +680,8 @@ HYPERGRADIENT_PROGRESS_WEIGHT = 1.0
 SGDM_PROGRESS_WEIGHT = 0.3
 HYPERGRADIENT_PROGRESS_DECAYS = (0.9, 0.99)
 # A step whose ρ flips sign against the last one with ρ_t ρ_{t-1} below
-# minus this reads as a full reversal (docs/laws.md, "Alternation").
+# minus this reads as a full reversal (docs/laws.md, "A flip reads as a
+# reversal").
 HYPERGRADIENT_ALTERNATION = 0.5
 # Sharpness of the progress gate's sigmoid, per unit of z.
 _PROGRESS_SHARPNESS = 4.0

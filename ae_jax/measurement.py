@@ -567,8 +567,8 @@ def _clip_factor(state: FilterState, config: FilterConfig, gnorm,
   """``(clip, G accumulator, absurd run)``: the relative clip's factor (1
   when ``config.grad_clip`` is off; 0, a skipped step, for an absurd norm
   above ``grad_limit`` that is also above the clip's limit, unless
-  :data:`ABSURD_PATIENCE` absurd ones came just before), the running norm of the clipped gradients and the count of
-  consecutive absurd gradients."""
+  :data:`ABSURD_PATIENCE` absurd ones came just before), the running norm
+  of the clipped gradients and the count of consecutive absurd gradients."""
   dtype = state.loss_mean.dtype
   clip = jnp.ones([], dtype)
   if config.grad_clip is not None:

@@ -358,8 +358,9 @@ def _rosenbrock(p):
   return jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
 
 
-def _rosenbrock_run(tx, x0, steps):
-  """Step lengths ‖Δθ‖, the final f and the final state."""
+def _rosenbrock_scan(tx, x0, steps):
+  """``steps`` updates of ``tx`` on Rosenbrock from ``x0`` (traceable): the
+  step lengths ‖Δθ‖, the final parameters and the final state."""
   def body(carry, _):
     p, s = carry
     value, g = jax.value_and_grad(_rosenbrock)(p)
@@ -368,6 +369,12 @@ def _rosenbrock_run(tx, x0, steps):
 
   p = {"x": x0}
   (p, s), lengths = jax.lax.scan(body, (p, tx.init(p)), None, length=steps)
+  return lengths, p, s
+
+
+def _rosenbrock_run(tx, x0, steps):
+  """Step lengths ‖Δθ‖, the final f and the final state."""
+  lengths, p, s = _rosenbrock_scan(tx, x0, steps)
   return np.asarray(lengths, np.float64), float(_rosenbrock(p)), s
 
 
@@ -433,17 +440,8 @@ def test_ae_sgdm_stays_in_rosenbrocks_valley_from_every_start():
   # the travel cap 9 in 10 from α0 = 100. Jittered starts as in the
   # benchmark task; the start rate traced (the sweep's path).
   def final(lr, key):
-    p = {"x": jnp.array([-1.2, 1.0]) + 0.1 * jax.random.normal(key, (2,))}
-    tx = ae.ae_sgdm(lr)
-
-    def body(carry, _):
-      p, s = carry
-      value, g = jax.value_and_grad(_rosenbrock)(p)
-      u, s = tx.update(g, s, p, value=value)
-      return (optax.apply_updates(p, u), s), None
-
-    (p, _), _ = jax.lax.scan(body, (p, tx.init(p)), None, length=2000)
-    return _rosenbrock(p)
+    x0 = jnp.array([-1.2, 1.0]) + 0.1 * jax.random.normal(key, (2,))
+    return _rosenbrock(_rosenbrock_scan(ae.ae_sgdm(lr), x0, 2000)[1])
 
   rates = jnp.array([1e-3, 0.0464, 15.0, 100.0])
   keys = jax.random.split(jax.random.PRNGKey(1), 4)
@@ -466,14 +464,7 @@ def test_travel_cap_smooth_mode_converges_and_differentiates():
   assert gaps[2] < gaps[1] < gaps[0] and gaps[2] < 2e-3, gaps
 
   def path(lr):
-    tx = ae.ae_sgdm(lr, smooth=0.1)
-    p = {"x": x0}
-    s = tx.init(p)
-    for _ in range(3):
-      value, g = jax.value_and_grad(_rosenbrock)(p)
-      u, s = tx.update(g, s, p, value=value)
-      p = optax.apply_updates(p, u)
-    return s.travel.path
+    return _rosenbrock_scan(ae.ae_sgdm(lr, smooth=0.1), x0, 3)[2].travel.path
 
   grad = float(jax.grad(path)(100.0))
   assert np.isfinite(grad)

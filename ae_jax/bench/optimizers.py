@@ -65,7 +65,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-import jax
 import numpy as np
 import optax
 from optax import contrib
