@@ -6,6 +6,7 @@ import csv
 import glob
 import os
 import struct
+import time
 
 import jax
 import jax.numpy as jnp
@@ -91,8 +92,17 @@ def test_csv_tensorboard_and_wandb_offline_read_back(tmp_path):
 
   runs = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb"))
   assert len(runs) == 1
-  with open(runs[0], "rb") as f:
-    blob = f.read()
+  # wandb's service process can still be writing the offline file after
+  # run.finish() returns (a clean-clone CI run under load read only its
+  # header): wait for it, up to 30 s.
+  deadline = time.monotonic() + 30.0
+  while True:
+    with open(runs[0], "rb") as f:
+      blob = f.read()
+    if (b"coefficient/learning_rate" in blob and b"signal/rho" in blob
+        or time.monotonic() > deadline):
+      break
+    time.sleep(0.2)
   assert b"coefficient/learning_rate" in blob and b"signal/rho" in blob
 
 
