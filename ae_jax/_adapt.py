@@ -66,6 +66,9 @@ class AdaptState(NamedTuple):
       carried unchanged from step to step when neither is drawn (exact
       statistics and no σ).
     travel: the :class:`Travel` of the travel cap, ``()`` without one.
+    displacement: with a ``horizon`` γ, the recent displacement
+      :math:`D_t = \\gamma D_{t-1} + \\Delta\\theta_t` (a parameter-shaped
+      buffer) that the long-horizon ρ is measured against; ``()`` without.
   """
 
   inner_state: Any
@@ -73,6 +76,7 @@ class AdaptState(NamedTuple):
   phase_ref: Any
   key: chex.PRNGKey
   travel: Any = ()
+  displacement: Any = ()
 
 
 class Travel(NamedTuple):
@@ -324,7 +328,8 @@ def adapt(inner: optax.GradientTransformation,
           smooth=False,
           step_scale=None,
           travel_cap: float | None = None,
-          travel_radius: float = 1e-3) -> optax.GradientTransformationExtraArgs:
+          travel_radius: float = 1e-3,
+          horizon: float | None = None) -> optax.GradientTransformationExtraArgs:
   """Drives the hyperparameters of ``inner`` with the AE laws every step.
 
   Example::
@@ -377,6 +382,13 @@ def adapt(inner: optax.GradientTransformation,
       uses, never below Ω's floor; the controller's α is lowered to it too.
     travel_radius: r₀ relative to the parameters' initial scale:
       ``travel_radius * (1 + ‖θ₀‖)``.
+    horizon: γ in (0, 1), or ``None`` (off): keep the recent displacement
+      :math:`D_t = \\gamma D_{t-1} + \\Delta\\theta_t` (one more
+      parameter-shaped buffer) and report
+      :math:`\\rho^H_t = \\cos\\angle(g_t, -D_{t-1})` as
+      ``signals.rho_horizon``, which :func:`ae_jax.laws.hypergradient` reads
+      with ``horizon=True`` while the loss falls. The statistics' one
+      reduction gains two rows (sampled: on the same blocks).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` requires
@@ -399,6 +411,10 @@ def adapt(inner: optax.GradientTransformation,
   second_field = _find_second_moment_field(probe, momentum_field)
   _check_travel(travel_cap, travel_radius, names, hyperparams, step_size,
                 momentum_field, second_field)
+  if (horizon is not None and not isinstance(horizon, jax.core.Tracer)
+      and not 0.0 < float(horizon) < 1.0):
+    raise ValueError(f"adapt: horizon must be a decay in (0, 1) or None, "
+                     f"got {horizon!r}")
   wiring = _Wiring(
       inner=inner, ctrl=ctrl, names=names, filters=filters,
       step_size=step_size, noise=_drawn_noise(specs, noise),
@@ -408,7 +424,7 @@ def adapt(inner: optax.GradientTransformation,
       stats_sample=None if stats_sample is None else int(stats_sample),
       delayed=delayed, seed=seed, step_scale=step_scale,
       travel_cap=travel_cap, travel_radius=travel_radius,
-      temperature=laws_lib.temperature(smooth))
+      temperature=laws_lib.temperature(smooth), horizon=horizon)
   return optax.GradientTransformationExtraArgs(_init_fn(wiring),
                                                _update_fn(wiring))
 
@@ -433,6 +449,7 @@ class _Wiring(NamedTuple):
   travel_cap: Any             # None, a number, or traced (inject_hyperparams)
   travel_radius: Any
   temperature: Any            # AE-9: None for the hard cap
+  horizon: float | None       # γ of the displacement, or None
 
   def plan(self, tree):
     """The sampled statistics' blocks per leaf, or None (exact)."""
@@ -570,8 +587,11 @@ def _init_fn(w: _Wiring):
       scale = optax.tree.norm(params).astype(dtype)
       travel = Travel(path=jnp.zeros([], dtype),
                       radius=w.travel_radius * (1.0 + scale))
+    displacement = (() if w.horizon is None
+                    else jax.tree.map(jnp.zeros_like, params))
     return AdaptState(inner_state=inner_state, controller=cstate,
-                      phase_ref=phase_ref, key=key, travel=travel)
+                      phase_ref=phase_ref, key=key, travel=travel,
+                      displacement=displacement)
 
   return init_fn
 
@@ -588,14 +608,16 @@ def _statistics(w: _Wiring, raw, grads, state: AdaptState, plan, dtype):
   """The step's :class:`ae_jax.measurement.GradStats` of the raw gradient
   (it counts non-finite entries, for the brake, and sanitises them the same
   way) against the phase reference."""
+  horizon = None if w.horizon is None else state.displacement
   if plan is not None:
     return measurement.sampled_gradient_stats(
-        raw, state.phase_ref, dtype=dtype, inf_value=w.inf_value)
+        raw, state.phase_ref, dtype=dtype, inf_value=w.inf_value,
+        horizon=horizon)
   reference = (_phase_reference(state.inner_state, w.momentum_field,
                                 w.second_field, grads)
                if w.momentum_field else state.phase_ref)
   return measurement.gradient_stats(raw, reference, dtype,
-                                    inf_value=w.inf_value)
+                                    inf_value=w.inf_value, horizon=horizon)
 
 
 def _next_phase_ref(w: _Wiring, inner_state, grads, plan, key):
@@ -744,7 +766,13 @@ def _update_fn(w: _Wiring):
     if w.noise is not None:
       updates = _add_noise(updates, applied[w.noise], noise_key)
     phase_ref = _next_phase_ref(w, inner_state, grads, plan, stats_key)
+    displacement = state.displacement
+    if w.horizon is not None:
+      displacement = jax.tree.map(
+          lambda d, u: w.horizon * d + u.astype(d.dtype), displacement,
+          updates)
     return updates, AdaptState(inner_state=inner_state, controller=cstate,
-                               phase_ref=phase_ref, key=key, travel=travel)
+                               phase_ref=phase_ref, key=key, travel=travel,
+                               displacement=displacement)
 
   return update_fn

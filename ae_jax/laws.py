@@ -711,7 +711,7 @@ def hypergradient(coefficient: str = "learning_rate", *,
                   square_decay=0.99, reversal_weight=1.0,
                   progress_gate=None, progress_weight=1.0,
                   progress_decays=HYPERGRADIENT_PROGRESS_DECAYS,
-                  alternation=None,
+                  alternation=None, horizon=False,
                   filter_mode: str = "debiased",
                   smooth=False) -> optax.GradientTransformationExtraArgs:
   r"""The step size follows the sign of its own hypergradient (AE-5 phase term).
@@ -746,6 +746,13 @@ def hypergradient(coefficient: str = "learning_rate", *,
   running mean counts as ρ = −1, a reversal; so does, with an alternation
   threshold c, a step whose ρ flipped sign against the last one with
   :math:`\rho_t\rho_{t-1} < -c` (a period-2 oscillation).
+  With ``horizon``, while the loss still falls ρ is read against the recent
+  displacement instead, :math:`\rho^H_t = \cos\angle(g_t, -D_{t-1})`,
+  :math:`D_t = \gamma D_{t-1} + \Delta\theta_t` (``ae.adapt``'s
+  ``horizon`` γ), in the share the loss's progress and the one-step
+  sign's inconclusiveness give it:
+  :math:`\rho \leftarrow \rho_t + (1 - s_t)(1 - |h_{t-1}|)(\rho^H_t -
+  \rho_t)`, :math:`s_t = \sigma(4(\zeta - p_t))`.
   The derivative of the loss with respect to :math:`\log\alpha` is
   :math:`-\alpha_{t-1} g_t^\top d_{t-1}`, so ρ > 0 says the last step was
   too short and ρ < 0 that it overshot. Dividing the filtered ρ by its RMS
@@ -793,6 +800,15 @@ def hypergradient(coefficient: str = "learning_rate", *,
       the unstable rate while the oscillation grew (``ae_sgdm`` thrown out
       of Rosenbrock's valley). Minibatch ρ (RMS 0.15-0.3) rarely reaches
       it: both factors must exceed ``sqrt(c)`` in size.
+    horizon: while the loss falls clearly (the progress gate, which it
+      needs), read ρ against the recent displacement
+      (``signals.rho_horizon``, measured by :func:`ae_jax.adapt` with a
+      ``horizon``; without one it equals ρ and this is a no-op). The
+      one-step hypergradient sees the stiff directions' overshoot, whose
+      back-and-forth a sum of steps cancels: with momentum SGD on a CNN it
+      held α ~6x below the best fixed rate (``docs/laws.md``, "Long
+      horizon"). At the floor the one-step ρ is kept: against the
+      displacement ρ reads the floor's own wander as alignment.
     filter_mode: EMA flavour, see :class:`ae_jax.measurement.FilterConfig`.
     smooth: AE-9: the sign test becomes ``sigmoid(h_t h_{t-1} / τ)``;
       ``True`` uses :data:`DEFAULT_TEMPERATURE`.
@@ -826,6 +842,10 @@ def hypergradient(coefficient: str = "learning_rate", *,
                  progress_weight=progress_weight)
   if progress_gate is not None:
     _check_progress_gate(progress_gate, progress_decays)
+  elif horizon:
+    raise ValueError("ae_jax.laws.hypergradient: horizon=True reads the "
+                     "long-horizon ρ while the loss falls and needs a "
+                     "progress_gate to say when; got progress_gate=None")
   if alternation is not None and not 0.0 < float(alternation) <= 1.0:
     raise ValueError(f"ae_jax.laws.hypergradient: alternation must be in "
                      f"(0, 1] or None, got {alternation!r}")
@@ -856,6 +876,21 @@ def hypergradient(coefficient: str = "learning_rate", *,
     # one: a spike, or gradients growing out of a tiny start, move no loss.
     overshoot = (signals.clip < 1.0) & (signals.loss > signals.loss_mean)
     measured = rho
+    if progress_gate is None:
+      weight, loss_state = reversal_weight, ((), (), ())
+    else:
+      weight, stalled, loss_state = _gated_weight(
+          state, signals.loss, reversal_weight, progress_weight,
+          progress_gate, progress_decays, filter_mode, square_decay)
+      if horizon:
+        # While the loss falls and the one-step sign is inconclusive (|h|
+        # small, near α's equilibrium): the hypergradient over the recent
+        # steps. A clear sign (the climb from a bad start, |h| ~ 1) keeps
+        # the one-step ρ: after a turn of the road the displacement still
+        # points the old way and read low there.
+        share = (1.0 - stalled) * (1.0 - jnp.abs(state.last))
+        rho = rho + share * (jnp.asarray(signals.rho_horizon, rho.dtype)
+                             - rho)
     rho = jnp.where(overshoot, -1.0, rho)
     if alternation is not None:
       # A stiff direction overshooting back and forth: ρ ~ +1, -1, +1, ...
@@ -866,13 +901,6 @@ def hypergradient(coefficient: str = "learning_rate", *,
     # one-step (greedy) hypergradient equilibrium sits above the rate that is
     # best over a horizon when the gradient is noise-dominated (short-horizon
     # bias), so α settles where aligned steps outweigh reversals w to 1.
-    if progress_gate is None:
-      weight, loss_state = reversal_weight, ((), (), ())
-    else:
-      weight, loss_state = _gated_weight(state, signals.loss, reversal_weight,
-                                         progress_weight, progress_gate,
-                                         progress_decays, filter_mode,
-                                         square_decay)
     rho = jnp.where(rho < 0, weight * rho, rho)
     mean, mean_hat = measurement.ema(state.mean, rho, decay, state.count,
                                      filter_mode)
@@ -917,8 +945,9 @@ def _check_progress_gate(gate, decays) -> None:
 
 def _gated_weight(state: HypergradientState, loss, weight, progress_weight,
                   gate, decays, filter_mode, square_decay):
-  """The reversal weight w_t of :func:`hypergradient`'s progress gate and
-  the new loss filters: ``weight`` where the loss's improvement z-score is
+  """The reversal weight w_t of :func:`hypergradient`'s progress gate, how
+  stalled the loss is (s_t in (0, 1)) and the new loss filters: ``weight``
+  where the loss's improvement z-score is
   below the gate, ``progress_weight`` where the loss still falls clearly,
   pulled toward 1 by the mean square of ρ: its correction is for noisy
   gradients, and ρ² near 1 says they are not."""
@@ -945,7 +974,7 @@ def _gated_weight(state: HypergradientState, loss, weight, progress_weight,
   progress = (slow_hat - fast_hat) * jax.lax.rsqrt(
       (1.0 - fast_decay) * var_hat + jnp.finfo(var_hat.dtype).tiny)
   stalled = jax.nn.sigmoid(_PROGRESS_SHARPNESS * (gate - progress))
-  return (progress_weight + (weight - progress_weight) * stalled,
+  return (progress_weight + (weight - progress_weight) * stalled, stalled,
           (fast, slow, var))
 
 

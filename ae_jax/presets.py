@@ -66,6 +66,9 @@ WARM_START = 1e-3
 # gradient's scale: from a rate 1000x too high its first step threw
 # Rosenbrock's iterate to f ~ 1e8.
 TRAVEL_CAP = 1.0
+# γ of the displacement ae_sgdm's step-size law reads ρ against while the
+# loss falls (docs/laws.md, "Long horizon"): about the last 100 steps.
+PHASE_HORIZON = 0.99
 TRAVEL_RADIUS = 1e-3
 FILTER_DECAYS = ("loss_mean", "trend", "variance", "grad_variance",
                  "reference")
@@ -185,6 +188,7 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
                    progress_gate: float | None = HYPERGRADIENT_PROGRESS_GATE,
                    progress_weight: float = HYPERGRADIENT_PROGRESS_WEIGHT,
                    alternation: float | None = HYPERGRADIENT_ALTERNATION,
+                   horizon: bool = False,
                    gains: Mapping[str, laws.DriveGains] | LawGains | None = None,
                    eta: Mapping[str, float] | None = None,
                    smooth=False) -> optax.GradientTransformationExtraArgs:
@@ -226,6 +230,10 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
     alternation: a step whose ρ flips sign against the last one with
       ρ_t ρ_{t-1} < −``alternation`` reads as a full reversal
       (:func:`ae_jax.laws.hypergradient`); ``None``: off.
+    horizon: while the loss falls, the step-size law reads ρ against the
+      recent displacement (:func:`ae_jax.laws.hypergradient`'s
+      ``horizon``; the optimizer must measure it: ``ae.adapt``'s
+      ``horizon``). ``ae_sgdm`` turns it on.
     gains: a :class:`LawGains` (every gain, may be traced: AE-9), or
       overrides of :data:`CANONICAL_DRIVE` rows.
     eta: overrides of :data:`CANONICAL_ETA` (with a mapping ``gains``).
@@ -254,10 +262,11 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
     chain.append(laws.hypergradient(
         step_size, gain=gains.hypergradient, decay=HYPERGRADIENT_DECAY,
         reversal_weight=reversal_weight, progress_weight=progress_weight,
-        alternation=alternation,
-        # With equal weights the gate has nothing to switch.
+        alternation=alternation, horizon=horizon,
+        # With equal weights the gate has nothing to switch (but says when
+        # to read the long-horizon ρ).
         progress_gate=(None if _same(reversal_weight, progress_weight)
-                       else progress_gate)))
+                       and not horizon else progress_gate)))
   if gauge and step_size in names:
     chain.append(laws.gauge(step_size, eta=gains.gauge, warmup=gauge_warmup,
                             calibration=1.0))
@@ -463,18 +472,19 @@ def _sigma_spec(sigma, bounds):
 
 
 def _finish(inner, specs, laws_chain, *, delayed, seed, gains, smooth,
-            momentum="auto", step_scale=None, travel_cap=None, **law_flags):
+            momentum="auto", step_scale=None, travel_cap=None, horizon=None,
+            **law_flags):
   names = [c.name for c in specs]
   cap = {n: 0.5 for n in ("momentum", "b1") if n in names}
   if laws_chain is None:
     laws_chain = canonical_laws(names, gains=gains, smooth=smooth,
-                                **law_flags)
+                                horizon=horizon is not None, **law_flags)
   return adapt(inner, specs, laws_chain,
                brake=Brake(scale={LEARNING_RATE: 0.1}, cap=cap),
                filters=filter_config(gains), delayed=delayed, seed=seed,
                momentum=momentum, stats_sample=STATS_SAMPLE, smooth=smooth,
                step_scale=step_scale, travel_cap=travel_cap,
-               travel_radius=TRAVEL_RADIUS)
+               travel_radius=TRAVEL_RADIUS, horizon=horizon)
 
 
 def ae_sgdm(learning_rate: optax.ScalarOrSchedule = 1e-1,
@@ -485,6 +495,7 @@ def ae_sgdm(learning_rate: optax.ScalarOrSchedule = 1e-1,
             laws_chain=None, delayed: bool = False, seed: int = 0,
             gains: LawGains | None = None, smooth=False,
             travel_cap: float | None = TRAVEL_CAP,
+            horizon: float | None = PHASE_HORIZON,
             ) -> optax.GradientTransformationExtraArgs:
   """AE-SGDm: SGD with EMA momentum whose α, β (``momentum``) and σ evolve.
 
@@ -524,6 +535,10 @@ def ae_sgdm(learning_rate: optax.ScalarOrSchedule = 1e-1,
     travel_cap: no step longer than this times the road travelled so far
       plus :data:`TRAVEL_RADIUS` ``(1 + ‖θ₀‖)``; α is lowered to meet it
       (:func:`ae_jax.adapt`'s ``travel_cap``). ``None``: no cap.
+    horizon: γ of the recent displacement that the step-size law reads ρ
+      against while the loss falls (:func:`ae_jax.adapt`'s ``horizon``,
+      :func:`ae_jax.laws.hypergradient`'s; one more parameter-sized
+      buffer). ``None``: the one-step ρ throughout.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``value=``.
@@ -543,7 +558,8 @@ def ae_sgdm(learning_rate: optax.ScalarOrSchedule = 1e-1,
   return _finish(inner, specs, laws_chain, delayed=delayed, seed=seed,
                  gains=gains, smooth=smooth, step_scale=step_scale,
                  reversal_weight=SGDM_REVERSAL_WEIGHT,
-                 progress_weight=SGDM_PROGRESS_WEIGHT, travel_cap=travel_cap)
+                 progress_weight=SGDM_PROGRESS_WEIGHT, travel_cap=travel_cap,
+                 horizon=horizon)
 
 
 def _check_common(*, warm_start, learning_rate_bounds, sigma_bounds,

@@ -92,7 +92,7 @@ def test_progress_gate_weight_by_hand():
       count=jnp.zeros([], jnp.int32))
   # w = 3, w_p = 0.5, ζ = 0.5: w_t = w̃_p + (3 - w̃_p) sigmoid(4 (0.5 - p)),
   # w̃_p = 1 - 0.5 (1 - LP_0.99(ρ̃²)) (debiased; 1 before any ρ).
-  w1, state1 = laws._gated_weight(state, 1.0, 3.0, 0.5, 0.5, (0.5, 0.75),
+  w1, _, state1 = laws._gated_weight(state, 1.0, 3.0, 0.5, 0.5, (0.5, 0.75),
                                   "debiased", 0.99)
   # one sample: no improvement, no spread: p = 0; no ρ yet: w̃_p = 1
   np.testing.assert_allclose(float(w1), 1 + 2 / (1 + math.exp(-4 * 0.5)),
@@ -101,12 +101,12 @@ def test_progress_gate_weight_by_hand():
       jnp.ones([], jnp.int32), *([jnp.zeros([])] * 4), *state1)
   p = (3 / 7 - 1 / 3) / math.sqrt(0.5 * 36 / 343)
   # ρ̃² filtered to 0 (noise-dominated): w̃_p = w_p = 0.5
-  w2, _ = laws._gated_weight(state1, 0.0, 3.0, 0.5, 0.5, (0.5, 0.75),
+  w2, _, _ = laws._gated_weight(state1, 0.0, 3.0, 0.5, 0.5, (0.5, 0.75),
                              "debiased", 0.99)
   np.testing.assert_allclose(
       float(w2), 0.5 + 2.5 / (1 + math.exp(-4 * (0.5 - p))), rtol=1e-5)
   # accumulator 0.0036 after one step of decay 0.99: LP = 0.36, w̃_p = 0.68
-  w3, _ = laws._gated_weight(state1._replace(square=jnp.asarray(0.0036)),
+  w3, _, _ = laws._gated_weight(state1._replace(square=jnp.asarray(0.0036)),
                              0.0, 3.0, 0.5, 0.5, (0.5, 0.75), "debiased",
                              0.99)
   np.testing.assert_allclose(
@@ -134,7 +134,7 @@ def _gate_weights(losses, weight=2.0, gate=1.0, progress_weight=1.0,
   out = []
   for i, l in enumerate(losses):
     state = state._replace(square=jnp.asarray(rho_rms**2 * (1 - 0.99**i)))
-    w, filters = laws._gated_weight(state, l, weight, progress_weight, gate,
+    w, _, filters = laws._gated_weight(state, l, weight, progress_weight, gate,
                                     laws.HYPERGRADIENT_PROGRESS_DECAYS,
                                     "debiased", 0.99)
     state = state._replace(count=state.count + 1, loss_fast=filters[0],
@@ -468,3 +468,120 @@ def test_travel_cap_smooth_mode_converges_and_differentiates():
 
   grad = float(jax.grad(path)(100.0))
   assert np.isfinite(grad)
+
+
+# -- the long horizon (ae_sgdm's step-size law while the loss falls) -------
+
+
+def _signals2(rho, rho_horizon):
+  return _signals(rho)._replace(
+      rho_horizon=jnp.asarray(rho_horizon, jnp.float32))
+
+
+def _law_means(law, pairs):
+  """The law's filtered-ρ accumulator after each (ρ, ρ_H) pair."""
+  z = {"learning_rate": jnp.zeros([])}
+  state = law.init(z)
+  means = []
+  for rho, rho_h in pairs:
+    _, state = law.update({"learning_rate": jnp.zeros([])}, state, z,
+                          signals=_signals2(rho, rho_h))
+    means.append(float(state.mean))
+  return np.array(means)
+
+
+def test_hypergradient_horizon_share_by_hand():
+  kw = dict(gain=0.2, decay=0.5, square_decay=0.5)
+  pairs = [(0.1, 0.7), (0.2, -0.5), (-0.3, 0.4)]
+  # Loss held at 0: the progress z-score is 0, so a gate ζ = -10 reads the
+  # loss as falling (s = sigmoid(-40) ~ 0), ζ = +10 as stalled (s ~ 1).
+  falling = laws.hypergradient(progress_gate=-10.0, horizon=True, **kw)
+  stalled = laws.hypergradient(progress_gate=10.0, horizon=True, **kw)
+  plain = laws.hypergradient(**kw)
+  # Step 1: no h yet (0), the loss falls: ρ_H whole. Step 2: h_1 = 1 (a
+  # clear sign): ρ whole. Step 3: h_2 = (0.5·0.7 + 0.2)/... in (0, 1):
+  # the share 1 - |h_2| of ρ_H.
+  means = _law_means(falling, pairs)
+  np.testing.assert_allclose(
+      means[:2], _law_means(plain, [(0.7, 0.0), (0.2, 0.0)]), rtol=1e-5)
+  # accumulators (decay 0.5) after 0.7, 0.2 and their debiased values
+  mean, square = 0.25 * 0.7 + 0.5 * 0.2, 0.25 * 0.49 + 0.5 * 0.04
+  h2 = (mean / 0.75) / math.sqrt(max(square / 0.75, (mean / 0.75) ** 2))
+  mixed = -0.3 + (1 - h2) * (0.4 + 0.3)
+  np.testing.assert_allclose(means[2], 0.5 * mean + 0.5 * mixed, rtol=1e-5)
+  # On a stalled loss the one-step ρ throughout.
+  np.testing.assert_allclose(_law_means(stalled, pairs),
+                             _law_means(plain, pairs), rtol=1e-5)
+  with pytest.raises(ValueError, match="progress_gate"):
+    laws.hypergradient(horizon=True)
+
+
+def _quadratic_grad(p):
+  return jnp.sum(jnp.array([1.0, 10.0]) * p["x"] ** 2)
+
+
+def test_adapt_keeps_the_displacement_and_measures_rho_against_it():
+  gamma = 0.9
+  chain = ae.canonical_laws(["learning_rate"], horizon=True)
+  sgd = ae.injected(ae.ema_sgd, learning_rate=0.05, momentum=0.9)
+  tx = ae.adapt(sgd, ["learning_rate"], chain, horizon=gamma)
+  bare = ae.adapt(sgd, ["learning_rate"], chain)
+  p = {"x": jnp.array([1.0, -1.0])}
+  state = tx.init(p)
+  np.testing.assert_array_equal(np.asarray(state.displacement["x"]), 0.0)
+  assert bare.init(p).displacement == ()
+  steps, expected = [], np.zeros(2)
+  for _ in range(4):
+    value, g = jax.value_and_grad(_quadratic_grad)(p)
+    u, state = tx.update(g, state, p, value=value)
+    # ρ_H of this step: cos(g_t, -D_{t-1}) (0 before any displacement)
+    norm = np.linalg.norm(expected)
+    want = 0.0 if norm == 0 else float(
+        -np.dot(np.asarray(g["x"]), expected)
+        / (np.linalg.norm(np.asarray(g["x"])) * norm))
+    np.testing.assert_allclose(float(ae.signals(state)["rho_horizon"]), want,
+                               atol=1e-5)
+    expected = gamma * expected + np.asarray(u["x"])
+    steps.append(np.asarray(u["x"]))
+    p = optax.apply_updates(p, u)
+  np.testing.assert_allclose(np.asarray(state.displacement["x"]), expected,
+                             rtol=1e-5)
+  # Without a horizon ρ_H is ρ.
+  s = bare.init(p)
+  value, g = jax.value_and_grad(_quadratic_grad)(p)
+  _, s = bare.update(g, s, p, value=value)
+  _, s = bare.update(g, s, p, value=value)
+  sig = ae.signals(s)
+  assert float(sig["rho_horizon"]) == float(sig["rho"])
+  for bad in (0.0, 1.0, -0.5):
+    with pytest.raises(ValueError, match="horizon"):
+      ae.adapt(sgd, ["learning_rate"], chain, horizon=bad)
+
+
+def test_sampled_statistics_read_the_displacement_on_the_same_blocks(
+    monkeypatch):
+  key = jax.random.PRNGKey(0)
+  g, m, d = (jax.random.normal(k, (4096,)) for k in jax.random.split(key, 3))
+  starts = (jnp.array([5, 4000], jnp.int32),)
+  sample = measurement.PhaseSample(starts, measurement.take_blocks((m,),
+                                                                   starts))
+  stats = measurement.sampled_gradient_stats((g,), sample, horizon=(d,))
+  (gb,), (db,) = (measurement.take_blocks((x,), starts) for x in (g, d))
+  scale = 4096 / gb.size
+  np.testing.assert_allclose(float(stats.horizon_dot),
+                             scale * float(jnp.sum(gb * db)), rtol=1e-5)
+  np.testing.assert_allclose(float(stats.horizon_sumsq),
+                             scale * float(jnp.sum(db * db)), rtol=1e-5)
+  plain = measurement.sampled_gradient_stats((g,), sample)
+  np.testing.assert_allclose(np.asarray(stats[:6]), np.asarray(plain[:6]),
+                             rtol=1e-6)
+  assert plain.horizon_dot == ()
+  # Exact statistics: one concatenated reduction, and per-leaf sums above
+  # the concatenation limit, agree.
+  exact = measurement.gradient_stats((g, m), (m, g), horizon=(d, g))
+  np.testing.assert_allclose(float(exact.horizon_dot),
+                             float(jnp.sum(g * d) + jnp.sum(m * g)), rtol=1e-5)
+  monkeypatch.setattr(measurement, "CONCAT_LIMIT", 0)
+  per_leaf = measurement.gradient_stats((g, m), (m, g), horizon=(d, g))
+  np.testing.assert_allclose(np.asarray(per_leaf), np.asarray(exact),
+                             rtol=1e-5)

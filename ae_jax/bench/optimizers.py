@@ -265,7 +265,8 @@ _DEFAULT_LR = {"ae_sgdm": 1e-1, "ae_adam": 1e-3, "ae_adamw": 1e-3}
 # The preset's own law flags, so a knock-out differs from the preset only in
 # the law it knocks out (ae_sgdm's reversal weights are not the chain's).
 _BASE_FLAGS = {"ae_sgdm": {"reversal_weight": ae.laws.SGDM_REVERSAL_WEIGHT,
-                           "progress_weight": ae.laws.SGDM_PROGRESS_WEIGHT},
+                           "progress_weight": ae.laws.SGDM_PROGRESS_WEIGHT,
+                           "horizon": True},
                "ae_adam": {}, "ae_adamw": {}}
 
 
