@@ -636,6 +636,14 @@ def _next_phase_ref(w: _Wiring, inner_state, grads, plan, key):
       inner_state, w.momentum_field, w.second_field, grads, take=take))
 
 
+def _next_displacement(w: _Wiring, displacement, updates):
+  """D_t = γ D_{t-1} + Δθ_t with a ``horizon`` γ (``()`` without one)."""
+  if w.horizon is None:
+    return displacement
+  return jax.tree.map(lambda d, u: w.horizon * d + u.astype(d.dtype),
+                      displacement, updates)
+
+
 def _capped_rate(w: _Wiring, applied, inner_state, stats, clip, factor,
                  travel: Travel):
   """The rate the base applies this step under the travel cap (no higher
@@ -766,13 +774,9 @@ def _update_fn(w: _Wiring):
     if w.noise is not None:
       updates = _add_noise(updates, applied[w.noise], noise_key)
     phase_ref = _next_phase_ref(w, inner_state, grads, plan, stats_key)
-    displacement = state.displacement
-    if w.horizon is not None:
-      displacement = jax.tree.map(
-          lambda d, u: w.horizon * d + u.astype(d.dtype), displacement,
-          updates)
-    return updates, AdaptState(inner_state=inner_state, controller=cstate,
-                               phase_ref=phase_ref, key=key, travel=travel,
-                               displacement=displacement)
+    return updates, AdaptState(
+        inner_state=inner_state, controller=cstate, phase_ref=phase_ref,
+        key=key, travel=travel,
+        displacement=_next_displacement(w, state.displacement, updates))
 
   return update_fn

@@ -866,42 +866,15 @@ def hypergradient(coefficient: str = "learning_rate", *,
 
   def update_fn(updates, state, params=None, *, signals, **extra_args):
     del params, extra_args
-    rho = jnp.asarray(signals.rho, state.mean.dtype)
-    # A clipped gradient (beyond FilterConfig.grad_clip times its running
-    # norm) while the loss rises above its running mean reads as a full
-    # reversal: the last steps overshot, though ρ measured against a
-    # momentum can still look aligned (the momentum averages out an
-    # oscillation across a narrow valley; ae_sgdm climbed out of
-    # Rosenbrock's valley without this). A clipped gradient alone is not
-    # one: a spike, or gradients growing out of a tiny start, move no loss.
-    overshoot = (signals.clip < 1.0) & (signals.loss > signals.loss_mean)
-    measured = rho
+    measured = jnp.asarray(signals.rho, state.mean.dtype)
     if progress_gate is None:
-      weight, loss_state = reversal_weight, ((), (), ())
+      weight, stalled, loss_state = reversal_weight, 1.0, ((), (), ())
     else:
       weight, stalled, loss_state = _gated_weight(
           state, signals.loss, reversal_weight, progress_weight,
           progress_gate, progress_decays, filter_mode, square_decay)
-      if horizon:
-        # While the loss falls and the one-step sign is inconclusive (|h|
-        # small, near α's equilibrium): the hypergradient over the recent
-        # steps. A clear sign (the climb from a bad start, |h| ~ 1) keeps
-        # the one-step ρ: after a turn of the road the displacement still
-        # points the old way and read low there.
-        share = (1.0 - stalled) * (1.0 - jnp.abs(state.last))
-        rho = rho + share * (jnp.asarray(signals.rho_horizon, rho.dtype)
-                             - rho)
-    rho = jnp.where(overshoot, -1.0, rho)
-    if alternation is not None:
-      # A stiff direction overshooting back and forth: ρ ~ +1, -1, +1, ...
-      # (0 before the first measurement: no flip). Smooth under AE-9.
-      flip = gate(-alternation - measured * state.rho_last, temp)
-      rho = rho + flip * (-1.0 - rho)
-    # Reversals weigh ``reversal_weight`` times more than alignments: the
-    # one-step (greedy) hypergradient equilibrium sits above the rate that is
-    # best over a horizon when the gradient is noise-dominated (short-horizon
-    # bias), so α settles where aligned steps outweigh reversals w to 1.
-    rho = jnp.where(rho < 0, weight * rho, rho)
+    rho = _read_rho(state, signals, weight, stalled, horizon=horizon,
+                    alternation=alternation, temp=temp)
     mean, mean_hat = measurement.ema(state.mean, rho, decay, state.count,
                                      filter_mode)
     square, square_hat = measurement.ema(state.square, rho * rho,
@@ -927,6 +900,41 @@ def hypergradient(coefficient: str = "learning_rate", *,
     return _add(updates, coefficient, state.gain * h), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _read_rho(state: HypergradientState, signals, weight, stalled, *,
+              horizon, alternation, temp):
+  """The ρ̃ that :func:`hypergradient` filters: the measured ρ, the
+  long-horizon ρ in its share (with ``horizon``), −1 on an overshoot or a
+  flip, and reversals weighted by ``weight``."""
+  rho = measured = jnp.asarray(signals.rho, state.mean.dtype)
+  if horizon:
+    # While the loss falls and the one-step sign is inconclusive (|h|
+    # small, near α's equilibrium): the hypergradient over the recent
+    # steps. A clear sign (the climb from a bad start, |h| ~ 1) keeps the
+    # one-step ρ: after a turn of the road the displacement still points
+    # the old way and read low there.
+    share = (1.0 - stalled) * (1.0 - jnp.abs(state.last))
+    rho = rho + share * (jnp.asarray(signals.rho_horizon, rho.dtype) - rho)
+  # A clipped gradient (beyond FilterConfig.grad_clip times its running
+  # norm) while the loss rises above its running mean reads as a full
+  # reversal: the last steps overshot, though ρ measured against a momentum
+  # can still look aligned (the momentum averages out an oscillation across
+  # a narrow valley; ae_sgdm climbed out of Rosenbrock's valley without
+  # this). A clipped gradient alone is not one: a spike, or gradients
+  # growing out of a tiny start, move no loss.
+  overshoot = (signals.clip < 1.0) & (signals.loss > signals.loss_mean)
+  rho = jnp.where(overshoot, -1.0, rho)
+  if alternation is not None:
+    # A stiff direction overshooting back and forth: ρ ~ +1, -1, +1, ...
+    # (0 before the first measurement: no flip). Smooth under AE-9.
+    flip = gate(-alternation - measured * state.rho_last, temp)
+    rho = rho + flip * (-1.0 - rho)
+  # Reversals weigh ``weight`` times more than alignments: the one-step
+  # (greedy) hypergradient equilibrium sits above the rate that is best over
+  # a horizon when the gradient is noise-dominated (short-horizon bias), so
+  # α settles where aligned steps outweigh reversals w to 1.
+  return jnp.where(rho < 0, weight * rho, rho)
 
 
 def _check_progress_gate(gate, decays) -> None:
