@@ -177,8 +177,8 @@ def _phase_reference(inner_state, momentum_field, second_field, grads,
     return mu
   nu = take(_read_momentum(inner_state, second_field, grads))
   eps = _hyperparam(inner_state, "eps", 1e-8)
-  return jax.tree.map(
-      lambda m, v: m / (jnp.sqrt(v) + jnp.asarray(eps, v.dtype)), mu, nu)
+  return jax.tree.map(lambda m, v: measurement.adam_direction(m, v, eps),
+                      mu, nu)
 
 
 def write_hyperparams(inner_state, values: dict):
@@ -613,11 +613,18 @@ def _statistics(w: _Wiring, raw, grads, state: AdaptState, plan, dtype):
     return measurement.sampled_gradient_stats(
         raw, state.phase_ref, dtype=dtype, inf_value=w.inf_value,
         horizon=horizon)
-  reference = (_phase_reference(state.inner_state, w.momentum_field,
-                                w.second_field, grads)
-               if w.momentum_field else state.phase_ref)
-  return measurement.gradient_stats(raw, reference, dtype,
-                                    inf_value=w.inf_value, horizon=horizon)
+  if not w.momentum_field:
+    return measurement.gradient_stats(raw, state.phase_ref, dtype,
+                                      inf_value=w.inf_value, horizon=horizon)
+  # Adam's direction m / (sqrt(nu) + eps) is formed inside the statistics,
+  # after the leaves are concatenated (no kernel per leaf).
+  inner = state.inner_state
+  second = (None if w.second_field is None
+            else _read_momentum(inner, w.second_field, grads))
+  return measurement.gradient_stats(
+      raw, _read_momentum(inner, w.momentum_field, grads), dtype,
+      inf_value=w.inf_value, horizon=horizon, second_moment=second,
+      eps=_hyperparam(inner, "eps", 1e-8))
 
 
 def _next_phase_ref(w: _Wiring, inner_state, grads, plan, key):
@@ -729,6 +736,7 @@ def _update_fn(w: _Wiring):
       extra_args["reward"] = reward
 
     values, cstate = w.ctrl.step(state.controller, value, stats, reward)
+    values, cstate = jax.lax.optimization_barrier((values, cstate))
     scaled = _scaled(grads, cstate.signals.clip, w.filters)
     factor = None
     if w.step_scale is not None:

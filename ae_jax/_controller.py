@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ae_jax import _packing as packing
@@ -242,8 +243,29 @@ def geometry(specs: Sequence[Coefficient]) -> laws_lib.Geometry:
 
 
 def decode(specs: Sequence[Coefficient], z: Mapping[str, Any]) -> dict:
-  """Coefficient values from ``z``."""
-  return {c.name: c.from_z(z[c.name]) for c in specs}
+  """Coefficient values from ``z`` (:meth:`Coefficient.from_z`).
+
+  The log- and the logit-parametrised coefficients are each decoded as one
+  vector: XLA gives every scalar ``exp`` or sigmoid with several consumers
+  a kernel of its own, and this runs twice per step."""
+  values = {c.name: z[c.name] for c in specs if c.param not in _VECTOR_PARAMS}
+  for param in _VECTOR_PARAMS:
+    group = [c for c in specs if c.param == param]
+    if len(group) < 2 or any(jnp.ndim(z[c.name]) for c in group):
+      values.update({c.name: c.from_z(z[c.name]) for c in group})
+      continue
+    stacked = jnp.stack([jnp.asarray(z[c.name]) for c in group])
+    if param == "log":
+      decoded = jnp.exp(stacked)
+    else:
+      lower = np.array([c.lower for c in group], stacked.dtype)
+      width = np.array([c.upper - c.lower for c in group], stacked.dtype)
+      decoded = lower + width * jax.nn.sigmoid(stacked)
+    values.update({c.name: decoded[i] for i, c in enumerate(group)})
+  return {c.name: values[c.name] for c in specs}
+
+
+_VECTOR_PARAMS = ("log", "logit")
 
 
 def project(specs: Sequence[Coefficient], z: Mapping[str, Any],

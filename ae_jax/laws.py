@@ -41,6 +41,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ae_jax import measurement
@@ -497,6 +498,45 @@ def barrier_gradient(z, lower, upper, width=0.5):
   return push
 
 
+def _stacked_sides(zs, lowers, uppers, widths):
+  """``(z, w, ((upper side argument, mask), (lower side argument, mask)))``
+  for several scalar coefficients stacked into one vector: the arguments
+  ``(z - z_max)/w`` and ``(z_min - z)/w`` of ψ_Ω's two sides, an infinite
+  bound's side masked off (its bound replaced by 0, so nothing is inf)."""
+  z = jnp.stack([jnp.asarray(x) for x in zs])
+  w = jnp.stack([jnp.asarray(x, z.dtype) for x in widths])
+  sides = []
+  for bounds, sign in ((uppers, 1.0), (lowers, -1.0)):
+    finite = np.array([not _infinite(b) for b in bounds])
+    bound = jnp.stack([jnp.asarray(0.0 if _infinite(b) else b, z.dtype)
+                       for b in bounds])
+    sides.append((sign * (z - bound) / w, finite))
+  return z, w, sides
+
+
+def barrier_gradients(zs, lowers, uppers, widths) -> list:
+  """:func:`barrier_gradient` of several scalar coefficients, computed as
+  one vector: each coefficient's sigmoids were a kernel of their own (XLA
+  does not duplicate an expensive scalar into its consumers)."""
+  if not zs:
+    return []
+  z, _, ((up, up_on), (low, low_on)) = _stacked_sides(zs, lowers, uppers,
+                                                       widths)
+  zero = jnp.zeros_like(z)
+  push = (jnp.where(up_on, jax.nn.sigmoid(up), zero)
+          - jnp.where(low_on, jax.nn.sigmoid(low), zero))
+  return list(push)
+
+
+def _barriers(zs, lowers, uppers, widths):
+  """:func:`barrier` of several scalar coefficients as one vector."""
+  z, w, ((up, up_on), (low, low_on)) = _stacked_sides(zs, lowers, uppers,
+                                                      widths)
+  zero = jnp.zeros_like(z)
+  return (jnp.where(up_on, w * jax.nn.softplus(up), zero)
+          + jnp.where(low_on, w * jax.nn.softplus(low), zero))
+
+
 # The canonical meta-steps η of AE-3 (per step, in z units).
 CANONICAL_ETA = {
     "learning_rate": 0.01, "momentum": 0.01, "b1": 0.01, "b2": 0.01,
@@ -543,19 +583,18 @@ def evolve(eta: Mapping[str, Any], *, barrier_gain=1.0,
 
   def update_fn(updates, state, params=None, *, geometry, **extra_args):
     del extra_args
-    steps = {}
-    for name, u in updates.items():
-      if name not in eta:
-        steps[name] = jnp.zeros_like(u)
-        continue
-      if _static_zero(barrier_gain):
-        steps[name] = eta[name] * u
-        continue
-      width = (geometry.width[name] if barrier_width is None
-               else barrier_width)
-      push = barrier_gradient(params[name], geometry.lower[name],
-                              geometry.upper[name], width)
-      steps[name] = eta[name] * (u - barrier_gain * push)
+    steps = {name: (eta[name] * u if name in eta else jnp.zeros_like(u))
+             for name, u in updates.items()}
+    if _static_zero(barrier_gain):
+      return steps, state
+    pushed = [n for n in updates if n in eta]
+    width = lambda n: (geometry.width[n] if barrier_width is None
+                       else barrier_width)
+    pushes = barrier_gradients(
+        [params[n] for n in pushed], [geometry.lower[n] for n in pushed],
+        [geometry.upper[n] for n in pushed], [width(n) for n in pushed])
+    for name, push in zip(pushed, pushes):
+      steps[name] = eta[name] * (updates[name] - barrier_gain * push)
     return steps, state
 
   return _stateless("evolve", eta, update_fn)
@@ -1247,8 +1286,16 @@ def lyapunov_energy(loss_level, z: Mapping[str, Any], geometry: Geometry, *,
       + \\tfrac{\\gamma}{2}\\|z_t - \\bar z\\|^2 + \\psi_\\Omega(z_t)
   """
   total = jnp.asarray(loss_level)
-  for name, value in z.items():
-    total = total + 0.5 * weight * jnp.square(value - geometry.anchor[name])
-    total = total + barrier(value, geometry.lower[name],
-                            geometry.upper[name], geometry.width[name])
-  return total
+  names = list(z)
+  if not names:
+    return total
+  # One vector over the coefficients (a kernel per coefficient otherwise).
+  values = jnp.stack([jnp.asarray(z[n]) for n in names])
+  anchor = jnp.stack([jnp.asarray(geometry.anchor[n], values.dtype)
+                      for n in names])
+  terms = (0.5 * weight * jnp.square(values - anchor)
+           + _barriers([z[n] for n in names],
+                       [geometry.lower[n] for n in names],
+                       [geometry.upper[n] for n in names],
+                       [geometry.width[n] for n in names]))
+  return total + jnp.sum(terms)

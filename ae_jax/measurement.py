@@ -319,10 +319,20 @@ def _flat(x):
   return jnp.ravel(x)
 
 
-def _concatenated_stats(pairs, dtype, inf_value, bound, horizons=None):
+def adam_direction(m, nu, eps):
+  """``m / (sqrt(nu) + eps)``: Adam's direction without its bias
+  corrections (scalars a cosine does not see)."""
+  return m / (jnp.sqrt(nu) + jnp.asarray(eps, nu.dtype))
+
+
+def _concatenated_stats(pairs, dtype, inf_value, bound, horizons=None,
+                        second=None):
   """The sums of :func:`_leaf_sums` over all ``pairs`` at once, each
   element weighted by its leaf's extrapolation scale (and the two of the
-  long-horizon reference, with ``horizons``, one per pair)."""
+  long-horizon reference, with ``horizons``, one per pair). With
+  ``second = (nu leaves, eps)`` the reference read is Adam's direction
+  m / (√ν + ε), computed on the concatenated vectors: a per-leaf division
+  would be one more kernel per leaf, and compile time grows with kernels."""
   g = jnp.concatenate([_flat(g).astype(dtype) for g, _, _ in pairs])
   weight = jnp.concatenate([jnp.full([x.size], scale, dtype)
                             for x, _, scale in pairs])
@@ -334,6 +344,10 @@ def _concatenated_stats(pairs, dtype, inf_value, bound, horizons=None):
     rows = [wg, wg * g, nonfinite]
   else:
     m = jnp.concatenate([_flat(m).astype(dtype) for _, m, _ in pairs])
+    if second is not None:
+      nus, eps = second
+      m = adam_direction(
+          m, jnp.concatenate([_flat(v).astype(dtype) for v in nus]), eps)
     m = clamp(jnp.nan_to_num(m), bound)
     rows = [wg, wg * g, wg * m, weight * m * m, nonfinite]
   if horizons is not None:
@@ -348,12 +362,17 @@ def _concatenated_stats(pairs, dtype, inf_value, bound, horizons=None):
   return sums
 
 
-def _stats(pairs, size, dtype, inf_value, horizons=None) -> GradStats:
+def _stats(pairs, size, dtype, inf_value, horizons=None,
+           second=None) -> GradStats:
   bound = overflow_bound(size, dtype)
   if pairs and sum(g.size for g, _, _ in pairs) <= CONCAT_LIMIT:
     return GradStats(jnp.asarray(size, dtype),
                      *_concatenated_stats(pairs, dtype, inf_value, bound,
-                                          horizons))
+                                          horizons, second))
+  if second is not None:
+    nus, eps = second
+    pairs = [(g, adam_direction(m, v, eps), k)
+             for (g, m, k), v in zip(pairs, nus)]
   extra = 0 if horizons is None else 2
   totals = [jnp.zeros([], dtype) for _ in range(5 + extra)]
   for i, (g, m, scale) in enumerate(pairs):
@@ -365,7 +384,8 @@ def _stats(pairs, size, dtype, inf_value, horizons=None) -> GradStats:
 
 
 def gradient_stats(grads, reference=None, dtype=None, *,
-                   inf_value=0.0, horizon=None) -> GradStats:
+                   inf_value=0.0, horizon=None, second_moment=None,
+                   eps=0.0) -> GradStats:
   """Exact global reductions of ``grads`` over all leaves.
 
   Args:
@@ -378,14 +398,21 @@ def gradient_stats(grads, reference=None, dtype=None, *,
     inf_value: the value ±inf entries are read as.
     horizon: a long-horizon reference with the structure of ``grads`` (the
       recent displacement, :func:`ae_jax.adapt`'s ``horizon``), or None.
+    second_moment: a second moment ν with the structure of ``grads``, or
+      None: with it the reference read is Adam's direction
+      ``reference / (sqrt(ν) + eps)``, computed after the leaves are
+      concatenated (no kernel per leaf).
+    eps: Adam's ε of that direction.
   """
   dtype = dtype or controller_dtype()
   leaves = jax.tree.leaves(grads)
   refs = (jax.tree.leaves(reference) if reference is not None
           else [None] * len(leaves))
   size = sum(x.size for x in leaves)
+  second = (None if second_moment is None or reference is None
+            else (jax.tree.leaves(second_moment), eps))
   return _stats([(g, m, 1.0) for g, m in zip(leaves, refs)], size, dtype,
-                inf_value, _horizon_leaves(horizon))
+                inf_value, _horizon_leaves(horizon), second)
 
 
 def _horizon_leaves(horizon):
