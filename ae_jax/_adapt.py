@@ -162,6 +162,16 @@ def _hyperparam(inner_state, name: str, default):
   return default
 
 
+def _direction_moments(inner_state, momentum_field, second_field, grads):
+  """``(m, nu, eps)`` of the base's last step: its momentum, its second
+  moment (None without one) and Adam's ε."""
+  mu = _read_momentum(inner_state, momentum_field, grads)
+  if second_field is None:
+    return mu, None, None
+  return (mu, _read_momentum(inner_state, second_field, grads),
+          _hyperparam(inner_state, "eps", 1e-8))
+
+
 def _phase_reference(inner_state, momentum_field, second_field, grads,
                      take=None):
   """The direction of the step the base applied last: its momentum, divided
@@ -172,13 +182,12 @@ def _phase_reference(inner_state, momentum_field, second_field, grads,
   to the moments before the division, so only what it keeps is computed.
   """
   take = take or (lambda tree: tree)
-  mu = take(_read_momentum(inner_state, momentum_field, grads))
-  if second_field is None:
-    return mu
-  nu = take(_read_momentum(inner_state, second_field, grads))
-  eps = _hyperparam(inner_state, "eps", 1e-8)
+  mu, nu, eps = _direction_moments(inner_state, momentum_field, second_field,
+                                   grads)
+  if nu is None:
+    return take(mu)
   return jax.tree.map(lambda m, v: measurement.adam_direction(m, v, eps),
-                      mu, nu)
+                      take(mu), take(nu))
 
 
 def write_hyperparams(inner_state, values: dict):
@@ -618,13 +627,11 @@ def _statistics(w: _Wiring, raw, grads, state: AdaptState, plan, dtype):
                                       inf_value=w.inf_value, horizon=horizon)
   # Adam's direction m / (sqrt(nu) + eps) is formed inside the statistics,
   # after the leaves are concatenated (no kernel per leaf).
-  inner = state.inner_state
-  second = (None if w.second_field is None
-            else _read_momentum(inner, w.second_field, grads))
-  return measurement.gradient_stats(
-      raw, _read_momentum(inner, w.momentum_field, grads), dtype,
-      inf_value=w.inf_value, horizon=horizon, second_moment=second,
-      eps=_hyperparam(inner, "eps", 1e-8))
+  mu, nu, eps = _direction_moments(state.inner_state, w.momentum_field,
+                                   w.second_field, grads)
+  return measurement.gradient_stats(raw, mu, dtype, inf_value=w.inf_value,
+                                    horizon=horizon, second_moment=nu,
+                                    eps=eps)
 
 
 def _next_phase_ref(w: _Wiring, inner_state, grads, plan, key):
@@ -736,6 +743,8 @@ def _update_fn(w: _Wiring):
       extra_args["reward"] = reward
 
     values, cstate = w.ctrl.step(state.controller, value, stats, reward)
+    # Computed once here: without the barrier XLA copies the controller's
+    # scalar chain into every per-leaf fusion of the base's update.
     values, cstate = jax.lax.optimization_barrier((values, cstate))
     scaled = _scaled(grads, cstate.signals.clip, w.filters)
     factor = None

@@ -514,7 +514,7 @@ def _stacked_sides(zs, lowers, uppers, widths):
   return z, w, sides
 
 
-def barrier_gradients(zs, lowers, uppers, widths) -> list:
+def _barrier_gradients(zs, lowers, uppers, widths) -> list:
   """:func:`barrier_gradient` of several scalar coefficients, computed as
   one vector: each coefficient's sigmoids were a kernel of their own (XLA
   does not duplicate an expensive scalar into its consumers)."""
@@ -590,7 +590,7 @@ def evolve(eta: Mapping[str, Any], *, barrier_gain=1.0,
     pushed = [n for n in updates if n in eta]
     width = lambda n: (geometry.width[n] if barrier_width is None
                        else barrier_width)
-    pushes = barrier_gradients(
+    pushes = _barrier_gradients(
         [params[n] for n in pushed], [geometry.lower[n] for n in pushed],
         [geometry.upper[n] for n in pushed], [width(n) for n in pushed])
     for name, push in zip(pushed, pushes):
