@@ -39,9 +39,10 @@ from ae_jax.laws import (CANONICAL_COUPLING, CANONICAL_DRIVE, CANONICAL_ETA,
                          CANONICAL_TEMPERATURES, HYPERGRADIENT_ALTERNATION,
                          HYPERGRADIENT_DECAY,
                          HYPERGRADIENT_PROGRESS_GATE,
+                         HYPERGRADIENT_OVERSHOOT_STEPS,
                          HYPERGRADIENT_PROGRESS_WEIGHT,
-                         HYPERGRADIENT_REVERSAL_WEIGHT, SGDM_PROGRESS_WEIGHT,
-                         SGDM_REVERSAL_WEIGHT)
+                         HYPERGRADIENT_REVERSAL_WEIGHT, SGDM_OVERSHOOT_STEPS,
+                         SGDM_PROGRESS_WEIGHT, SGDM_REVERSAL_WEIGHT)
 from ae_jax._adapt import adapt
 from ae_jax.coefficient import Coefficient, check_positive
 from ae_jax._controller import Brake
@@ -188,6 +189,7 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
                    progress_gate: float | None = HYPERGRADIENT_PROGRESS_GATE,
                    progress_weight: float = HYPERGRADIENT_PROGRESS_WEIGHT,
                    alternation: float | None = HYPERGRADIENT_ALTERNATION,
+                   overshoot_steps: int = HYPERGRADIENT_OVERSHOOT_STEPS,
                    horizon: bool = False,
                    gains: Mapping[str, laws.DriveGains] | LawGains | None = None,
                    eta: Mapping[str, float] | None = None,
@@ -230,6 +232,10 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
     alternation: a step whose ρ flips sign against the last one with
       ρ_t ρ_{t-1} < −``alternation`` reads as a full reversal
       (:func:`ae_jax.laws.hypergradient`); ``None``: off.
+    overshoot_steps: a clipped gradient while the loss rises above its
+      running mean reads as a full reversal from the ``overshoot_steps``-th
+      such step in a row on (:func:`ae_jax.laws.hypergradient`).
+      ``ae_sgdm`` passes 1.
     horizon: while the loss falls, the step-size law reads ρ against the
       recent displacement (:func:`ae_jax.laws.hypergradient`'s
       ``horizon``; the optimizer must measure it: ``ae.adapt``'s
@@ -263,6 +269,7 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
         step_size, gain=gains.hypergradient, decay=HYPERGRADIENT_DECAY,
         reversal_weight=reversal_weight, progress_weight=progress_weight,
         alternation=alternation, horizon=horizon,
+        overshoot_steps=overshoot_steps,
         # With equal weights the gate has nothing to switch (but says when
         # to read the long-horizon ρ).
         progress_gate=(None if _same(reversal_weight, progress_weight)
@@ -558,7 +565,8 @@ def ae_sgdm(learning_rate: optax.ScalarOrSchedule = 1e-1,
   return _finish(inner, specs, laws_chain, delayed=delayed, seed=seed,
                  gains=gains, smooth=smooth, step_scale=step_scale,
                  reversal_weight=SGDM_REVERSAL_WEIGHT,
-                 progress_weight=SGDM_PROGRESS_WEIGHT, travel_cap=travel_cap,
+                 progress_weight=SGDM_PROGRESS_WEIGHT,
+                 overshoot_steps=SGDM_OVERSHOOT_STEPS, travel_cap=travel_cap,
                  horizon=horizon)
 
 

@@ -585,3 +585,53 @@ def test_sampled_statistics_read_the_displacement_on_the_same_blocks(
   per_leaf = measurement.gradient_stats((g, m), (m, g), horizon=(d, g))
   np.testing.assert_allclose(np.asarray(per_leaf), np.asarray(exact),
                              rtol=1e-5)
+
+
+# -- the overshoot rule: a clipped gradient while the loss rises ------------
+
+
+def _run_overshoot(law, steps):
+  """``steps``: (ρ, clip scale, loss) per step, the running loss mean 1."""
+  z = {"learning_rate": jnp.zeros([])}
+  state, out = law.init(z), []
+  for rho, clip, loss in steps:
+    sig = _signals(rho)._replace(clip=jnp.float32(clip),
+                                 loss=jnp.float32(loss),
+                                 loss_mean=jnp.float32(1.0))
+    dz, state = law.update(z, state, z, signals=sig)
+    out.append(float(dz["learning_rate"]))
+  return np.array(out), state
+
+
+def test_overshoot_needs_the_clip_and_a_rising_loss():
+  kw = dict(gain=0.2, decay=0.5, square_decay=0.5)
+  law, plain = laws.hypergradient(**kw), laws.hypergradient(**kw)
+  as_read = lambda rhos: _run_overshoot(plain, [(r, 1.0, 1.0) for r in rhos])[0]
+  # clipped while the loss rose: read as ρ = -1
+  np.testing.assert_allclose(
+      _run_overshoot(law, [(0.5, 1.0, 1.0), (0.5, 0.3, 2.0)])[0],
+      as_read([0.5, -1.0]), rtol=1e-6)
+  # clipped with the loss below its mean, or the loss up unclipped: as measured
+  for clip, loss in ((0.3, 0.5), (1.0, 2.0)):
+    np.testing.assert_allclose(
+        _run_overshoot(law, [(0.5, 1.0, 1.0), (0.5, clip, loss)])[0],
+        as_read([0.5, 0.5]), rtol=1e-6)
+
+
+def test_overshoot_steps_ignores_a_lone_spike():
+  kw = dict(gain=0.2, decay=0.5, square_decay=0.5)
+  law = laws.hypergradient(overshoot_steps=2, **kw)
+  plain = laws.hypergradient(**kw)
+  as_read = lambda rhos: _run_overshoot(plain, [(r, 1.0, 1.0) for r in rhos])[0]
+  spike = (0.5, 0.3, 2.0)
+  # a lone clipped, rising step is read as measured; the second in a row as
+  # a reversal, and so is every one after it; a calm step resets the count
+  got, state = _run_overshoot(law, [(0.5, 1.0, 1.0), spike, spike, spike,
+                                    (0.5, 1.0, 1.0), spike])
+  np.testing.assert_allclose(got, as_read([0.5, 0.5, -1.0, -1.0, 0.5, 0.5]),
+                             rtol=1e-6)
+  assert int(state.streak) == 1
+  assert plain.init({"learning_rate": jnp.zeros([])}).streak == ()
+  for bad in (0, -1, 1.5):
+    with pytest.raises(ValueError, match="overshoot_steps"):
+      laws.hypergradient(overshoot_steps=bad)
