@@ -55,7 +55,7 @@ def _layout(leaves, treedef, batch_ndim: int) -> Layout:
   return Layout(treedef, tuple(where), tuple(sizes))
 
 
-def _assemble(parts: list, batch_shape: tuple):
+def assemble(parts: list, batch_shape: tuple):
   """The parts (each ``batch_shape + (k,)``) laid end to end on the last
   axis, as a chain of selects on constant masks rather than a concatenate.
 
@@ -89,7 +89,7 @@ def _concat(layout: Layout, leaves, batch_ndim: int) -> tuple:
     x = jnp.asarray(x, group)
     batch_shape = x.shape[:batch_ndim]
     parts[group].append(x.reshape(batch_shape + (math.prod(shape),)))
-  return tuple(_assemble(parts[g], batch_shape) for g in layout.groups)
+  return tuple(assemble(parts[g], batch_shape) for g in layout.groups)
 
 
 @functools.lru_cache(maxsize=256)

@@ -945,11 +945,9 @@ def hypergradient(coefficient: str = "learning_rate", *,
       overshoot = streak >= overshoot_steps
     rho = _read_rho(state, signals, weight, stalled, overshoot,
                     horizon=horizon, alternation=alternation, temp=temp)
-    mean, mean_hat = measurement.ema(state.mean, rho, decay, state.count,
-                                     filter_mode)
-    square, square_hat = measurement.ema(state.square, rho * rho,
-                                         square_decay, state.count,
-                                         filter_mode)
+    (mean, square), (mean_hat, square_hat) = measurement.emas(
+        (state.mean, state.square), (rho, rho * rho), (decay, square_decay),
+        state.count, filter_mode)
     # |h| <= 1: with the faster filter of ρ its mean can outrun the RMS
     # (a jump of ρ from 0 to 0.5 read h ≈ 3 for a few steps).
     h = mean_hat * jax.lax.rsqrt(jnp.maximum(square_hat, mean_hat * mean_hat)
@@ -1041,10 +1039,9 @@ def _gated_weight(state: HypergradientState, loss, weight, progress_weight,
   progress_weight = 1.0 - (1.0 - progress_weight) * (
       1.0 - jnp.clip(square, 0.0, 1.0))
   loss = jnp.asarray(loss, state.mean.dtype)
-  fast, fast_hat = measurement.ema(state.loss_fast, loss, fast_decay,
-                                   state.count, filter_mode)
-  slow, slow_hat = measurement.ema(state.loss_slow, loss, slow_decay,
-                                   state.count, filter_mode)
+  (fast, slow), (fast_hat, slow_hat) = measurement.emas(
+      (state.loss_fast, state.loss_slow), (loss, loss),
+      (fast_decay, slow_decay), state.count, filter_mode)
   var, var_hat = measurement.ema(state.loss_var, (loss - slow_hat) ** 2,
                                  slow_decay, state.count, filter_mode)
   # The improvement in units of the fast mean's noise: scale-free, ~0 on a

@@ -31,6 +31,8 @@ from jax import lax
 import numpy as np
 import optax
 
+from ae_jax import _packing
+
 # Filters are either the standard zero-initialised EMA with Adam's bias
 # correction ("debiased"), or the reference implementation's EMA, which starts
 # at the first sample and still divides by (1 - beta^t) ("reference").
@@ -238,15 +240,44 @@ def ema(moment, sample, decay, count, mode: str):
     count: number of samples already folded in (before ``sample``).
     mode: ``"debiased"`` or ``"reference"``, see :class:`FilterConfig`.
   """
+  return _ema_step(moment, sample, decay, 1 - decay, count, mode)
+
+
+def emas(moments, samples, decays, count, mode: str):
+  """Several EMAs of one ``count`` (see :func:`ema`) as one vector update;
+  returns ``(new_moments, estimates)``, two tuples of scalars.
+
+  The same arithmetic as :func:`ema` on each, bit for bit, in one fused
+  loop: XLA:CPU gives a scalar with several consumers a kernel of its own,
+  so each scalar EMA's bias-corrected estimate cost one (9 of them in
+  :func:`measure`)."""
+  dtype = jnp.result_type(*moments)
+
+  def stack(xs):
+    return _packing.assemble([jnp.reshape(jnp.asarray(x, dtype), (1,))
+                              for x in xs], ())
+
+  # 1 - β formed per decay as ema forms it (in Python for a float β), so
+  # the values match the scalar path's.
+  moment, estimate = _ema_step(stack(moments), stack(samples), stack(decays),
+                               stack([1 - d for d in decays]), count, mode)
+  n = len(moments)
+  return (tuple(moment[i] for i in range(n)),
+          tuple(estimate[i] for i in range(n)))
+
+
+def _ema_step(moment, sample, decay, complement, count, mode):
+  # Optax's update_moment and bias_correction, written out so that a vector
+  # of decays can carry its complements 1 - β (see emas).
   t = count + 1
   if mode == "debiased":
-    moment = optax.tree.update_moment(sample, moment, decay, order=1)
-    return moment, optax.tree.bias_correction(moment, decay, t)
+    moment = complement * sample + decay * moment
+    return moment, moment / (1 - decay**t).astype(moment.dtype)
   # The reference seeds the accumulator with the first sample, then divides
   # by (1 - β^t) anyway (its estimate of a constant c at t = 2 is
   # c / (1 - β²)). Kept exactly so reference_agent can match it.
   first = count == 0
-  moment = jnp.where(first, sample, decay * moment + (1.0 - decay) * sample)
+  moment = jnp.where(first, sample, decay * moment + complement * sample)
   correction = jnp.maximum(1.0 - decay**t.astype(moment.dtype), 1e-12)
   return moment, jnp.where(first, sample, moment / correction)
 
@@ -582,34 +613,24 @@ def sanitize_loss(loss, limit: float):
   return jnp.clip(loss, -limit, limit)
 
 
-def _reward_signals(state: FilterState, config: FilterConfig, reward):
-  """``(reward_now, R accumulator, R, R_scale accumulator, R_scale)``:
-  the reward's trend and its scale (held when no reward is given)."""
+def _reward_delta(state: FilterState, config: FilterConfig, reward):
+  """``(reward_now, r_delta)``: the reward to hold and the sample of its
+  trend (0 when no reward is given)."""
   dtype = state.loss_mean.dtype
   if reward is None:
-    reward_now = state.prev_reward
-    r_delta = jnp.zeros([], dtype)
-  else:
-    reward_now = sanitize_loss(jnp.asarray(reward, dtype), config.loss_limit)
-    # The first reward starts the trend at 0, even if it arrives after step 0.
-    r_delta = jnp.where(state.reward_seen > 0, reward_now - state.prev_reward,
-                        0.0)
-  r_acc, reward_trend = ema(state.R, r_delta, config.trend, state.count,
-                            config.mode)
-  rs_acc, reward_scale = ema(state.R_scale, jnp.abs(r_delta), config.trend,
-                             state.count, config.mode)
-  return reward_now, r_acc, reward_trend, rs_acc, reward_scale
+    return state.prev_reward, jnp.zeros([], dtype)
+  reward_now = sanitize_loss(jnp.asarray(reward, dtype), config.loss_limit)
+  # The first reward starts the trend at 0, even if it arrives after step 0.
+  r_delta = jnp.where(state.reward_seen > 0, reward_now - state.prev_reward,
+                      0.0)
+  return reward_now, r_delta
 
 
-def _gradient_variance(state: FilterState, config: FilterConfig,
-                       stats: GradStats):
-  """``(S accumulator, S)``: the filtered variance of the gradient's
-  entries."""
+def _gradient_variance(stats: GradStats):
+  """The variance of the gradient's entries (the sample S filters)."""
   size = jnp.maximum(stats.size, 1.0)
   gmean = stats.sum / size
-  gvar = jnp.maximum(stats.sumsq / size - gmean * gmean, 0.0)
-  return ema(state.S, gvar + _TINY, config.grad_variance, state.count,
-             config.mode)
+  return jnp.maximum(stats.sumsq / size - gmean * gmean, 0.0) + _TINY
 
 
 # Consecutive absurd gradients (above the brake's absolute limit) whose steps
@@ -699,22 +720,27 @@ def measure(state: FilterState, config: FilterConfig, loss, stats: GradStats,
     bad = ~jnp.isfinite(raw) | (jnp.abs(raw) > config.loss_limit)
     loss = jnp.where(bad & ~first, state.prev_loss, jnp.where(bad, 0.0, loss))
 
-  loss_mean, loss_mean_hat = ema(state.loss_mean, loss, config.loss_mean,
-                                 count, mode)
   delta = jnp.where(first, 0.0, loss - state.prev_loss)
-  t_acc, trend = ema(state.T, delta, config.trend, count, mode)
-  ts_acc, trend_scale = ema(state.T_scale, jnp.abs(delta), config.trend,
-                            count, mode)
+  reward_now, r_delta = _reward_delta(state, config, reward)
+  # The filters in three vector updates, one per dependency level.
+  ((loss_mean, t_acc, ts_acc, r_acc, rs_acc, s_acc),
+   (loss_mean_hat, trend, trend_scale, reward_trend, reward_scale,
+    grad_var)) = emas(
+        (state.loss_mean, state.T, state.T_scale, state.R, state.R_scale,
+         state.S),
+        (loss, delta, jnp.abs(delta), r_delta, jnp.abs(r_delta),
+         _gradient_variance(stats)),
+        (config.loss_mean, config.trend, config.trend, config.trend,
+         config.trend, config.grad_variance), count, mode)
 
   deviation = loss - loss_mean_hat
   deviation = jnp.clip(jnp.where(jnp.isfinite(deviation), deviation, 0.0),
                        -config.variance_clip, config.variance_clip)
-  v_acc, variance = ema(state.V, deviation * deviation + _TINY,
-                        config.variance, count, mode)
+  (v_acc, ss_acc), (variance, s_star) = emas(
+      (state.V, state.S_star), (deviation * deviation + _TINY, grad_var),
+      (config.variance, config.reference), count, mode)
+  vs_acc, v_star = ema(state.V_star, variance, config.reference, count, mode)
 
-  reward_now, r_acc, reward_trend, rs_acc, reward_scale = _reward_signals(
-      state, config, reward)
-  s_acc, grad_var = _gradient_variance(state, config, stats)
   gnorm = safe_sqrt(stats.sumsq) + _TINY
   clip, g_acc, absurd_run = _clip_factor(state, config, gnorm, grad_limit)
   rho = _cosine(stats.dot, gnorm, stats.ref_sumsq)
@@ -723,8 +749,6 @@ def measure(state: FilterState, config: FilterConfig, loss, stats: GradStats,
   rho_horizon = (rho if isinstance(stats.horizon_dot, tuple) else
                  _cosine(-stats.horizon_dot, gnorm, stats.horizon_sumsq))
 
-  vs_acc, v_star = ema(state.V_star, variance, config.reference, count, mode)
-  ss_acc, s_star = ema(state.S_star, grad_var, config.reference, count, mode)
   v_star = jnp.maximum(v_star, _TINY)
   s_star = jnp.maximum(s_star, _TINY)
 

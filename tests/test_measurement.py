@@ -77,6 +77,46 @@ def test_reference_ema_matches_reference_class():
   np.testing.assert_allclose(got, [3.0, 3.0 / (1 - b * b)], rtol=1e-6)
 
 
+
+@pytest.mark.parametrize("mode", ["debiased", "reference"])
+def test_emas_equal_each_scalar_ema_bit_for_bit(mode):
+  # measure and the step-size law update their filters as one vector each
+  # level; every entry must be the scalar EMA's value exactly.
+  decays = (0.9, 0.99, 0.5)
+  samples = [(2.0, -1.0, 0.25), (4.0, 3.0, -0.5), (-1.5, 0.0, 8.0)]
+
+  @jax.jit
+  def both(moments, scalars, sample, count):
+    vec = measurement.emas(moments, sample, decays, count, mode)
+    one = [measurement.ema(m, x, d, count, mode)
+           for m, x, d in zip(scalars, sample, decays)]
+    return vec, tuple(zip(*one))
+
+  moments = scalars = tuple(jnp.zeros([], jnp.float32) for _ in decays)
+  for count, sample in enumerate(samples):
+    sample = tuple(jnp.float32(x) for x in sample)
+    (moments, est), (scalars, est1) = both(moments, scalars, sample,
+                                            jnp.int32(count))
+    for a, b in zip(moments + est, scalars + est1):
+      assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
+def test_emas_vmap_and_grad():
+  decays = (0.9, 0.5)
+
+  def step(x):
+    zero = jnp.zeros([], x.dtype)
+    _, (a, b) = measurement.emas((zero, zero), (x, 2.0 * x), decays,
+                                 jnp.int32(1), "debiased")
+    return a + b
+
+  # at count 1 (the second sample) from zero moments: (1-β) x / (1-β²)
+  expected = sum(k * (1 - d) / (1 - d * d) for k, d in zip((1, 2), decays))
+  np.testing.assert_allclose(jax.grad(step)(1.0), expected, rtol=1e-6)
+  xs = jnp.array([1.0, -2.0, 3.0])
+  np.testing.assert_allclose(jax.vmap(step)(xs), expected * xs, rtol=1e-6)
+
+
 # -- gradient statistics ------------------------------------------------------
 
 
