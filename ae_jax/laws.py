@@ -36,6 +36,7 @@ All gains may be traced values, so ``jax.grad`` reaches them (AE-9).
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import chex
@@ -739,8 +740,8 @@ class HypergradientState(NamedTuple):
   and the last normalised hypergradient; with a progress gate, the fast and
   slow EMAs of the loss and the slow EMA of its squared deviation (``()``
   without one); with an alternation threshold, the last measured ρ (``()``
-  without one); with ``overshoot_steps`` > 1, the number of clipped steps
-  with a rising loss in a row (``()`` with 1)."""
+  without one); with ``overshoot_steps`` n > 1, the number of clipped steps
+  with a rising loss in a row, saturated at n (``()`` with 1)."""
 
   count: chex.Array
   mean: chex.Array
@@ -903,10 +904,15 @@ def hypergradient(coefficient: str = "learning_rate", *,
     raise ValueError("ae_jax.laws.hypergradient: horizon=True reads the "
                      "long-horizon ρ while the loss falls and needs a "
                      "progress_gate to say when; got progress_gate=None")
-  if (isinstance(overshoot_steps, bool) or not isinstance(overshoot_steps, int)
-      or overshoot_steps < 1):
+  try:
+    valid = (not isinstance(overshoot_steps, bool)
+             and operator.index(overshoot_steps) >= 1)
+  except TypeError:
+    valid = False
+  if not valid:
     raise ValueError(f"ae_jax.laws.hypergradient: overshoot_steps must be an "
                      f"integer >= 1, got {overshoot_steps!r}")
+  overshoot_steps = operator.index(overshoot_steps)
   if alternation is not None and not 0.0 < float(alternation) <= 1.0:
     raise ValueError(f"ae_jax.laws.hypergradient: alternation must be in "
                      f"(0, 1] or None, got {alternation!r}")
@@ -940,8 +946,9 @@ def hypergradient(coefficient: str = "learning_rate", *,
     if overshoot_steps == 1:
       streak, overshoot = (), rising
     else:
-      streak = jnp.where(rising, jnp.minimum(state.streak, overshoot_steps)
-                         + 1, 0)
+      # Saturates at n: the count only needs to say "n in a row".
+      streak = jnp.where(rising, jnp.minimum(state.streak + 1,
+                                             overshoot_steps), 0)
       overshoot = streak >= overshoot_steps
     rho = _read_rho(state, signals, weight, stalled, overshoot,
                     horizon=horizon, alternation=alternation, temp=temp)

@@ -244,42 +244,66 @@ def ema(moment, sample, decay, count, mode: str):
 
 
 def emas(moments, samples, decays, count, mode: str):
-  """Several EMAs of one ``count`` (see :func:`ema`) as one vector update;
-  returns ``(new_moments, estimates)``, two tuples of scalars.
+  """Several scalar EMAs of one ``count`` (see :func:`ema`) as one vector
+  update.
 
-  The same arithmetic as :func:`ema` on each, bit for bit, in one fused
-  loop: XLA:CPU gives a scalar with several consumers a kernel of its own,
-  so each scalar EMA's bias-corrected estimate cost one (9 of them in
-  :func:`measure`)."""
+  The same operations as :func:`ema` on each entry, in one fused loop:
+  XLA:CPU gives a scalar with several consumers a kernel of its own, so each
+  scalar EMA's bias-corrected estimate cost one (nine in :func:`measure`).
+  The values equal :func:`ema`'s to rounding (XLA may contract a multiply
+  and an add into one FMA in one form and not the other).
+
+  Args:
+    moments: the accumulators, scalars of one dtype (batch them with
+      ``jax.vmap``, not with a leading axis).
+    samples: the new samples, one per accumulator.
+    decays: the decays ``β``, one per accumulator (floats or scalars).
+    count: number of samples already folded in (before ``samples``).
+    mode: ``"debiased"`` or ``"reference"``, see :class:`FilterConfig`.
+
+  Returns:
+    ``(new_moments, estimates)``: two tuples of scalars, in the order of
+    ``moments``.
+  """
   dtype = jnp.result_type(*moments)
+  if any(jnp.result_type(m) != dtype for m in moments):
+    raise ValueError(f"ae_jax.measurement.emas: the moments must share one "
+                     f"dtype, got {[str(jnp.result_type(m)) for m in moments]}")
+  # β^t in at least the default float's precision, as ema's float β gets
+  # it (Optax's bias_correction: a low-precision β rounds to 1).
+  wide = jnp.promote_types(dtype, jnp.result_type(float))
 
-  def stack(xs):
-    return _packing.assemble([jnp.reshape(jnp.asarray(x, dtype), (1,))
+  def stack(xs, as_dtype=dtype):
+    return _packing.assemble([jnp.reshape(jnp.asarray(x, as_dtype), (1,))
                               for x in xs], ())
 
-  # 1 - β formed per decay as ema forms it (in Python for a float β), so
-  # the values match the scalar path's.
+  # 1 - β formed per decay as ema forms it (in Python for a float β).
   moment, estimate = _ema_step(stack(moments), stack(samples), stack(decays),
-                               stack([1 - d for d in decays]), count, mode)
+                               stack([1 - d for d in decays]), count, mode,
+                               wide_decay=stack(decays, wide))
   n = len(moments)
   return (tuple(moment[i] for i in range(n)),
           tuple(estimate[i] for i in range(n)))
 
 
-def _ema_step(moment, sample, decay, complement, count, mode):
+def _ema_step(moment, sample, decay, complement, count, mode, *,
+              wide_decay=None):
   # Optax's update_moment and bias_correction, written out so that a vector
-  # of decays can carry its complements 1 - β (see emas).
+  # of decays can carry its complements 1 - β (see emas); ``wide_decay`` is
+  # β for the power β^t.
+  wide_decay = decay if wide_decay is None else wide_decay
   t = count + 1
   if mode == "debiased":
     moment = complement * sample + decay * moment
-    return moment, moment / (1 - decay**t).astype(moment.dtype)
+    return moment, moment / (1 - wide_decay**t).astype(moment.dtype)
   # The reference seeds the accumulator with the first sample, then divides
   # by (1 - β^t) anyway (its estimate of a constant c at t = 2 is
   # c / (1 - β²)). Kept exactly so reference_agent can match it.
   first = count == 0
   moment = jnp.where(first, sample, decay * moment + complement * sample)
-  correction = jnp.maximum(1.0 - decay**t.astype(moment.dtype), 1e-12)
-  return moment, jnp.where(first, sample, moment / correction)
+  correction = jnp.maximum(1.0 - wide_decay**t.astype(moment.dtype), 1e-12)
+  return moment, jnp.where(first, sample,
+                           moment / correction.astype(moment.dtype))
 
 
 def overflow_bound(size: int, dtype) -> float:
@@ -722,7 +746,7 @@ def measure(state: FilterState, config: FilterConfig, loss, stats: GradStats,
 
   delta = jnp.where(first, 0.0, loss - state.prev_loss)
   reward_now, r_delta = _reward_delta(state, config, reward)
-  # The filters in three vector updates, one per dependency level.
+  # The filters by dependency level: two vector updates, then V*'s own.
   ((loss_mean, t_acc, ts_acc, r_acc, rs_acc, s_acc),
    (loss_mean_hat, trend, trend_scale, reward_trend, reward_scale,
     grad_var)) = emas(

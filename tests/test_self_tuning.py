@@ -604,9 +604,9 @@ def _run_overshoot(law, steps):
 
 
 def test_overshoot_needs_the_clip_and_a_rising_loss():
-  kw = dict(gain=0.2, decay=0.5, square_decay=0.5)
-  law, plain = laws.hypergradient(**kw), laws.hypergradient(**kw)
-  as_read = lambda rhos: _run_overshoot(plain, [(r, 1.0, 1.0) for r in rhos])[0]
+  law = laws.hypergradient(gain=0.2, decay=0.5, square_decay=0.5)
+  # the same law fed calm steps with the ρ it should have read
+  as_read = lambda rhos: _run_overshoot(law, [(r, 1.0, 1.0) for r in rhos])[0]
   # clipped while the loss rose: read as ρ = -1
   np.testing.assert_allclose(
       _run_overshoot(law, [(0.5, 1.0, 1.0), (0.5, 0.3, 2.0)])[0],
@@ -632,6 +632,30 @@ def test_overshoot_steps_ignores_a_lone_spike():
                              rtol=1e-6)
   assert int(state.streak) == 1
   assert plain.init({"learning_rate": jnp.zeros([])}).streak == ()
-  for bad in (0, -1, 1.5):
-    with pytest.raises(ValueError, match="overshoot_steps"):
+  # n = 3: the third in a row is the first reversal; the count saturates
+  three = laws.hypergradient(overshoot_steps=3, **kw)
+  got, state = _run_overshoot(three, [spike] * 5)
+  np.testing.assert_allclose(got, as_read([0.5, 0.5, -1.0, -1.0, -1.0]),
+                             rtol=1e-6)
+  assert int(state.streak) == 3
+  assert laws.hypergradient(overshoot_steps=np.int64(2)).init(
+      {"learning_rate": jnp.zeros([])}).streak.dtype == jnp.int32
+  for bad in (0, -1, 1.5, True, "2"):
+    with pytest.raises(ValueError, match="overshoot_steps must be an integer"):
       laws.hypergradient(overshoot_steps=bad)
+
+
+def test_presets_overshoot_steps():
+  # Adam presets: 2 in a row (a lone heavy-tailed batch is no overshoot),
+  # so they carry the streak; ae_sgdm reads every one (its brake at a
+  # classification floor) and carries none.
+  def law_state(preset):
+    state = preset.init({"w": jnp.zeros(3)})
+    found = [s for s in state.controller.laws
+             if isinstance(s, laws.HypergradientState)]
+    assert len(found) == 1
+    return found[0]
+  assert laws.HYPERGRADIENT_OVERSHOOT_STEPS == 2
+  for preset in (ae.ae_adam(), ae.ae_adamw()):
+    assert law_state(preset).streak.dtype == jnp.int32
+  assert law_state(ae.ae_sgdm()).streak == ()
