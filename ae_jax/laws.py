@@ -36,7 +36,6 @@ All gains may be traced values, so ``jax.grad`` reaches them (AE-9).
 from __future__ import annotations
 
 import math
-import operator
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import chex
@@ -904,15 +903,12 @@ def hypergradient(coefficient: str = "learning_rate", *,
     raise ValueError("ae_jax.laws.hypergradient: horizon=True reads the "
                      "long-horizon ρ while the loss falls and needs a "
                      "progress_gate to say when; got progress_gate=None")
-  try:
-    valid = (not isinstance(overshoot_steps, bool)
-             and operator.index(overshoot_steps) >= 1)
-  except TypeError:
-    valid = False
-  if not valid:
+  if (isinstance(overshoot_steps, bool)
+      or not isinstance(overshoot_steps, (int, np.integer))
+      or overshoot_steps < 1):
     raise ValueError(f"ae_jax.laws.hypergradient: overshoot_steps must be an "
                      f"integer >= 1, got {overshoot_steps!r}")
-  overshoot_steps = operator.index(overshoot_steps)
+  overshoot_steps = int(overshoot_steps)
   if alternation is not None and not 0.0 < float(alternation) <= 1.0:
     raise ValueError(f"ae_jax.laws.hypergradient: alternation must be in "
                      f"(0, 1] or None, got {alternation!r}")
