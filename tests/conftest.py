@@ -3,17 +3,26 @@
 import os
 
 # The suite is compile-bound: most tests, notebooks and harness runs build
-# an AE optimizer and pay for compiling its step. On jaxlib 0.10's CPU
-# backend the legacy fusion emitters compile that step in about half the
-# time of the default ones (ae_adamw on a 3-leaf MLP: 0.9 s against 1.8 s;
-# tests/test_presets.py + test_controller.py: 25 s against 53 s wall) and
-# execute the same HLO. Set before JAX starts its backend; inherited by the
-# notebook kernels and subprocess tests through the environment. A flag the
-# caller already set wins: XLA_FLAGS=--xla_cpu_use_fusion_emitters=true runs
-# the suite on the default emitters. Older jaxlibs (before 0.6), whose CPU
-# backend has only the legacy emitters and would refuse the unknown flag,
-# are left alone.
-FAST_COMPILE_FLAG = "--xla_cpu_use_fusion_emitters=false"
+# an AE optimizer and pay for compiling its step, then run it on small
+# shapes for a few hundred steps. Two XLA flags trade execution speed, which
+# those runs barely need, for compile time (jaxlib 0.10, CPU, 2 cores):
+# * the legacy fusion emitters compile that step in about half the time of
+#   the default ones (ae_adamw on a 3-leaf MLP: 0.9 s against 1.8 s) and
+#   execute the same HLO;
+# * LLVM's optimization level 0 instead of 2: notebooks/harness_models.py
+#   spent 46 of its 58 s in 27 backend compiles, 12 s at level 0 (32 s in
+#   all). The whole suite: 1002 s at level 2, 838 s at level 1, 681 s at
+#   level 0, where the only test that runs large arrays for long (the
+#   50,000-element leaf of test_citizen's overflow test) compiles at level
+#   2 itself (``jax.jit(..., compiler_options=...)``).
+# Set before JAX starts its backend; inherited by the notebook kernels and
+# subprocess tests through the environment. A flag the caller already set
+# wins: XLA_FLAGS=--xla_cpu_use_fusion_emitters=true runs the suite on the
+# default emitters, --xla_backend_optimization_level=2 at LLVM's default.
+# Older jaxlibs (before 0.6), whose CPU backend has only the legacy
+# emitters and would refuse the unknown flag, are left alone.
+FAST_COMPILE_FLAGS = {"xla_cpu_use_fusion_emitters": "false",
+                      "xla_backend_optimization_level": "0"}
 
 
 def _jaxlib_at_least(major: int, minor: int) -> bool:
@@ -25,10 +34,11 @@ def _jaxlib_at_least(major: int, minor: int) -> bool:
     return False
 
 
-if ("xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", "")
-    and _jaxlib_at_least(0, 6)):
-  os.environ["XLA_FLAGS"] = " ".join(
-      f for f in (os.environ.get("XLA_FLAGS"), FAST_COMPILE_FLAG) if f)
+if _jaxlib_at_least(0, 6):
+  _flags = os.environ.get("XLA_FLAGS", "").split()
+  _flags += [f"--{name}={value}" for name, value in FAST_COMPILE_FLAGS.items()
+             if not any(f"--{name}=" in f for f in _flags)]
+  os.environ["XLA_FLAGS"] = " ".join(_flags)
 
 import jax  # noqa: E402  (after XLA_FLAGS)
 import pytest

@@ -82,8 +82,9 @@ def test_reference_ema_matches_reference_class():
 def test_emas_equal_each_scalar_ema(mode):
   # measure and the step-size law update their filters as one vector per
   # level; each entry is the scalar EMA's step to rounding (XLA may fuse a
-  # multiply-add into an FMA in one form only). One step at a time from the
-  # same moments, so the rounding cannot accumulate.
+  # multiply-add into an FMA in one form only, and forms beta^t its own way
+  # in each: 7 ulp apart at LLVM's optimization level 0, the suite's). One
+  # step at a time from the same moments, so the rounding cannot accumulate.
   decays = (0.9, 0.99, 0.999, 0.5)
   rng = np.random.default_rng(0)
 
@@ -99,7 +100,7 @@ def test_emas_equal_each_scalar_ema(mode):
     sample = tuple(jnp.float32(x) for x in rng.normal(size=len(decays)))
     (vec_m, vec_e), (one_m, one_e) = both(moments, sample, jnp.int32(count))
     np.testing.assert_array_max_ulp(np.array(vec_m), np.array(one_m), 2)
-    np.testing.assert_array_max_ulp(np.array(vec_e), np.array(one_e), 4)
+    np.testing.assert_array_max_ulp(np.array(vec_e), np.array(one_e), 8)
     moments = one_m
   with pytest.raises(ValueError, match="one dtype"):
     measurement.emas((jnp.zeros([], jnp.float32), jnp.zeros([], jnp.bfloat16)),

@@ -19,15 +19,25 @@ def _signals(rho):
   return measurement.init_signals()._replace(rho=jnp.asarray(rho, jnp.float32))
 
 
-def _run_law(law, rhos):
+def _scan_law(law, signals, rhos, losses=None):
+  """Runs ``law`` over the steps' ρ (and losses) in one jitted scan (a
+  Python loop of eager steps took most of this module's time); returns
+  α's per-step Δz and the final state."""
   z = {"learning_rate": jnp.zeros([])}
-  state = law.init(z)
-  steps = []
-  for r in rhos:
-    dz, state = law.update({"learning_rate": jnp.zeros([])}, state, z,
-                           signals=_signals(r))
-    steps.append(float(dz["learning_rate"]))
-  return np.array(steps), state
+
+  def step(state, xs):
+    dz, state = law.update(z, state, z, signals=signals(*xs))
+    return state, dz["learning_rate"]
+
+  xs = tuple(jnp.asarray(x, jnp.float32) for x in (rhos, losses)
+             if x is not None)
+  state, steps = jax.jit(lambda s, xs: jax.lax.scan(step, s, xs))(
+      law.init(z), xs)
+  return np.asarray(steps), state
+
+
+def _run_law(law, rhos):
+  return _scan_law(law, _signals, rhos)
 
 
 def test_hypergradient_by_hand():
@@ -72,15 +82,8 @@ def test_hypergradient_smooth_mode_is_differentiable():
 
 
 def _run_gated(law, rhos, losses):
-  z = {"learning_rate": jnp.zeros([])}
-  state = law.init(z)
-  steps = []
-  for r, l in zip(rhos, losses):
-    signals = _signals(r)._replace(loss=jnp.asarray(l, jnp.float32))
-    dz, state = law.update({"learning_rate": jnp.zeros([])}, state, z,
-                           signals=signals)
-    steps.append(float(dz["learning_rate"]))
-  return np.array(steps)
+  return _scan_law(law, lambda r, l: _signals(r)._replace(loss=l), rhos,
+                   losses)[0]
 
 
 def test_progress_gate_weight_by_hand():
@@ -131,16 +134,20 @@ def _gate_weights(losses, weight=2.0, gate=1.0, progress_weight=1.0,
   LP_0.99(ρ̃²) = ``rho_rms``² (debiased)."""
   state = laws.hypergradient(progress_gate=gate).init(
       {"learning_rate": jnp.zeros([])})
-  out = []
-  for i, l in enumerate(losses):
-    state = state._replace(square=jnp.asarray(rho_rms**2 * (1 - 0.99**i)))
-    w, _, filters = laws._gated_weight(state, l, weight, progress_weight, gate,
-                                    laws.HYPERGRADIENT_PROGRESS_DECAYS,
-                                    "debiased", 0.99)
-    state = state._replace(count=state.count + 1, loss_fast=filters[0],
-                           loss_slow=filters[1], loss_var=filters[2])
-    out.append(float(w))
-  return np.array(out)
+
+  def step(state, xs):
+    i, loss = xs
+    state = state._replace(square=rho_rms**2 * (1 - 0.99**i))
+    w, _, filters = laws._gated_weight(state, loss, weight, progress_weight,
+                                       gate, laws.HYPERGRADIENT_PROGRESS_DECAYS,
+                                       "debiased", 0.99)
+    return state._replace(count=state.count + 1, loss_fast=filters[0],
+                          loss_slow=filters[1], loss_var=filters[2]), w
+
+  steps = jnp.arange(len(losses), dtype=jnp.float32)
+  _, out = jax.jit(lambda s, xs: jax.lax.scan(step, s, xs))(
+      state, (steps, jnp.asarray(losses, jnp.float32)))
+  return np.asarray(out)
 
 
 def test_progress_gate_weighs_reversals_only_on_a_stalled_loss():
