@@ -12,9 +12,10 @@ import os
 # * LLVM's optimization level 0 instead of 2: notebooks/harness_models.py
 #   spent 46 of its 58 s in 27 backend compiles, 12 s at level 0 (32 s in
 #   all). The whole suite: 1002 s at level 2, 838 s at level 1, 681 s at
-#   level 0, where the only test that runs large arrays for long (the
-#   50,000-element leaf of test_citizen's overflow test) compiles at level
-#   2 itself (``jax.jit(..., compiler_options=...)``).
+#   level 0, where the jits that run large arrays or many steps (the
+#   50,000-element leaf of test_citizen's overflow test, test_faults' 18
+#   runs of 1,500 steps) compile at level 2 themselves: the fixture
+#   ``long_run_compiler_options`` below.
 # Set before JAX starts its backend; inherited by the notebook kernels and
 # subprocess tests through the environment. A flag the caller already set
 # wins: XLA_FLAGS=--xla_cpu_use_fusion_emitters=true runs the suite on the
@@ -51,3 +52,10 @@ def x64():
   jax.config.update("jax_enable_x64", True)
   yield
   jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.fixture
+def long_run_compiler_options():
+  """``compiler_options`` for a jit that executes long or large: LLVM's
+  default optimization level, which the suite's flags turn off."""
+  return {"xla_backend_optimization_level": 2}

@@ -15,8 +15,6 @@ import pytest
 
 import ae_jax as ae
 
-# LLVM's default optimization level, for a jit that runs large arrays long.
-OPTIMIZED = {"xla_backend_optimization_level": 2}
 PRESETS = {"ae_sgdm": ae.ae_sgdm, "ae_adam": ae.ae_adam,
            "ae_adamw": ae.ae_adamw}
 
@@ -116,7 +114,8 @@ def test_orbax_round_trip_through_nnx_state_resumes_bit_identically(tmp_path):
 
 @pytest.mark.parametrize("size", [1e19, 3e38])
 @pytest.mark.parametrize("name", sorted(PRESETS))
-def test_no_finite_gradient_makes_anything_nan(name, size):
+def test_no_finite_gradient_makes_anything_nan(name, size,
+                                               long_run_compiler_options):
   params, loss = _problem(big=40)
   # A huge leaf of tiny gradients beside the absurd ones.
   params["huge"] = jnp.zeros(50_000)
@@ -127,7 +126,7 @@ def test_no_finite_gradient_makes_anything_nan(name, size):
   # steps over 50,000 elements, so it asks LLVM for its default
   # optimization, which the suite otherwise turns off to compile faster
   # (tests/conftest.py): ae_sgdm's run took 50 s instead of 5 s at level 0.
-  @functools.partial(jax.jit, compiler_options=OPTIMIZED)
+  @functools.partial(jax.jit, compiler_options=long_run_compiler_options)
   def run(at, spike, steps):
     def body(i, carry):
       p, s = carry

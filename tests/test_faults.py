@@ -27,8 +27,6 @@ import ae_jax as ae
 
 FAULTS = ("clean", "nan", "inf", "tiny_start", "spike", "early_spike")
 STEPS = 1500
-# LLVM's default optimization level, for a jit that runs long.
-OPTIMIZED = {"xla_backend_optimization_level": 2}
 
 
 def _problem(seed):
@@ -62,7 +60,7 @@ def _inject(kind, grads, loss, i):
 
 
 @pytest.mark.parametrize("name", ["ae_sgdm", "ae_adam", "ae_adamw"])
-def test_each_fault_costs_little(name):
+def test_each_fault_costs_little(name, long_run_compiler_options):
   tx = getattr(ae, name)()
 
   def run(kind, seed):
@@ -85,7 +83,8 @@ def test_each_fault_costs_little(name):
   # 18 runs of 1,500 steps: LLVM's default optimization, which the suite
   # otherwise turns off to compile faster (tests/conftest.py; 17 s instead
   # of 8 s here at level 0).
-  finals = jax.jit(jax.vmap(run), compiler_options=OPTIMIZED)(
+  finals = jax.jit(jax.vmap(run),
+                   compiler_options=long_run_compiler_options)(
       jnp.asarray(kinds.ravel()), jnp.asarray(seeds.ravel()))
   finals = np.asarray(finals).reshape(len(FAULTS), 3)
   assert np.all(np.isfinite(finals))
