@@ -14,8 +14,8 @@ import os
 #   all). The whole suite: 1002 s at level 2, 838 s at level 1, 681 s at
 #   level 0, where the jits that run large arrays or many steps (the
 #   50,000-element leaf of test_citizen's overflow test, test_faults' 18
-#   runs of 1,500 steps) compile at level 2 themselves: the fixture
-#   ``long_run_compiler_options`` below.
+#   runs of 1,500 steps) compile at level 2 themselves, as does a test that
+#   pins rounding to a few ulp: the fixture ``default_optimization`` below.
 # Set before JAX starts its backend; inherited by the notebook kernels and
 # subprocess tests through the environment. A flag the caller already set
 # wins: XLA_FLAGS=--xla_cpu_use_fusion_emitters=true runs the suite on the
@@ -55,7 +55,8 @@ def x64():
 
 
 @pytest.fixture
-def long_run_compiler_options():
-  """``compiler_options`` for a jit that executes long or large: LLVM's
-  default optimization level, which the suite's flags turn off."""
+def default_optimization():
+  """``compiler_options`` of LLVM's default optimization level, which the
+  suite's flags turn off: for a jit that executes long or large, or whose
+  rounding a test pins (as users compile it)."""
   return {"xla_backend_optimization_level": 2}

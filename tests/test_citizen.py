@@ -115,7 +115,7 @@ def test_orbax_round_trip_through_nnx_state_resumes_bit_identically(tmp_path):
 @pytest.mark.parametrize("size", [1e19, 3e38])
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_no_finite_gradient_makes_anything_nan(name, size,
-                                               long_run_compiler_options):
+                                               default_optimization):
   params, loss = _problem(big=40)
   # A huge leaf of tiny gradients beside the absurd ones.
   params["huge"] = jnp.zeros(50_000)
@@ -126,7 +126,7 @@ def test_no_finite_gradient_makes_anything_nan(name, size,
   # steps over 50,000 elements, so it asks LLVM for its default
   # optimization, which the suite otherwise turns off to compile faster
   # (tests/conftest.py): ae_sgdm's run took 50 s instead of 5 s at level 0.
-  @functools.partial(jax.jit, compiler_options=long_run_compiler_options)
+  @functools.partial(jax.jit, compiler_options=default_optimization)
   def run(at, spike, steps):
     def body(i, carry):
       p, s = carry

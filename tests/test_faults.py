@@ -60,7 +60,7 @@ def _inject(kind, grads, loss, i):
 
 
 @pytest.mark.parametrize("name", ["ae_sgdm", "ae_adam", "ae_adamw"])
-def test_each_fault_costs_little(name, long_run_compiler_options):
+def test_each_fault_costs_little(name, default_optimization):
   tx = getattr(ae, name)()
 
   def run(kind, seed):
@@ -84,7 +84,7 @@ def test_each_fault_costs_little(name, long_run_compiler_options):
   # otherwise turns off to compile faster (tests/conftest.py; 17 s instead
   # of 8 s here at level 0).
   finals = jax.jit(jax.vmap(run),
-                   compiler_options=long_run_compiler_options)(
+                   compiler_options=default_optimization)(
       jnp.asarray(kinds.ravel()), jnp.asarray(seeds.ravel()))
   finals = np.asarray(finals).reshape(len(FAULTS), 3)
   assert np.all(np.isfinite(finals))
