@@ -718,6 +718,15 @@ HYPERGRADIENT_PROGRESS_GATE = 1.0
 HYPERGRADIENT_PROGRESS_WEIGHT = 1.0
 SGDM_PROGRESS_WEIGHT = 0.3
 HYPERGRADIENT_PROGRESS_DECAYS = (0.9, 0.99)
+# A loss jump restarts the gate's slow mean (docs/laws.md, "A jump restarts
+# the slow mean"): where the improvement z-score falls below minus this, the
+# slow mean is set to the fast one, so the fall after a drift switch reads
+# as progress instead of as a rise over the old phase's level.
+HYPERGRADIENT_PROGRESS_RESET = 3.0
+# ae_sgdm keeps it off: with its long-horizon ρ, a restarted gate read the
+# displacement of the old phase right after a switch (drift_regression's
+# time to the common level 233 -> 370 steps).
+SGDM_PROGRESS_RESET = None
 # A step whose ρ flips sign against the last one with ρ_t ρ_{t-1} below
 # minus this reads as a full reversal (docs/laws.md, "A flip reads as a
 # reversal").
@@ -760,6 +769,7 @@ def hypergradient(coefficient: str = "learning_rate", *,
                   square_decay=0.99, reversal_weight=1.0,
                   progress_gate=None, progress_weight=1.0,
                   progress_decays=HYPERGRADIENT_PROGRESS_DECAYS,
+                  progress_reset=HYPERGRADIENT_PROGRESS_RESET,
                   alternation=None, horizon=False, overshoot_steps=1,
                   filter_mode: str = "debiased",
                   smooth=False) -> optax.GradientTransformationExtraArgs:
@@ -789,7 +799,10 @@ def hypergradient(coefficient: str = "learning_rate", *,
   improvement (its slow mean minus its fast mean, over the fast mean's noise
   scale) and reversals weigh :math:`w` only once it falls below ζ, where the
   loss has stopped improving, and :math:`w_p` while it still falls; without
-  one, :math:`w_t = w`.
+  one, :math:`w_t = w`. Where :math:`p_t < -r` (``progress_reset``: the loss
+  jumped far above its slow mean, a drift switch) the slow mean restarts at
+  the fast one, :math:`\mathrm{LP}_{\beta_s}(\ell_t) \leftarrow
+  \mathrm{LP}_{\beta_f}(\ell_t)`.
   A step whose gradient was clipped (``signals.clip < 1``, see
   :class:`ae_jax.measurement.FilterConfig`) while the loss rose above its
   running mean counts as ρ = −1, a reversal (with ``overshoot_steps`` n,
@@ -842,6 +855,13 @@ def hypergradient(coefficient: str = "learning_rate", *,
       deterministic gradients, 0.03-0.1 on minibatches): :math:`\tilde w_p`.
     progress_decays: ``(β_f, β_s)``, the decays of the loss's fast and slow
       means for :math:`p_t` (β_s also filters the squared deviation).
+    progress_reset: r > 0, or ``None`` (off): where :math:`p_t < -r` the
+      slow mean restarts at the fast mean. After a jump of the loss (the
+      task changed) the slow mean remembers the old, lower level for ~100
+      steps, so :math:`p_t` stayed below 0, read as a stall, through the
+      fast fall that follows, and reversals weighed ``reversal_weight``
+      just when α should climb back (``docs/laws.md``). A smooth gate under
+      AE-9.
     alternation: c in (0, 1], or ``None`` (off): a step with
       :math:`\rho_t\rho_{t-1} < -c` counts as ρ = −1. Two strongly
       aligned measurements of opposite sign in a row are a stiff direction
@@ -898,7 +918,7 @@ def hypergradient(coefficient: str = "learning_rate", *,
                  reversal_weight=reversal_weight,
                  progress_weight=progress_weight)
   if progress_gate is not None:
-    _check_progress_gate(progress_gate, progress_decays)
+    _check_progress_gate(progress_gate, progress_decays, progress_reset)
   elif horizon:
     raise ValueError("ae_jax.laws.hypergradient: horizon=True reads the "
                      "long-horizon ρ while the loss falls and needs a "
@@ -937,7 +957,8 @@ def hypergradient(coefficient: str = "learning_rate", *,
     else:
       weight, stalled, loss_state = _gated_weight(
           state, signals.loss, reversal_weight, progress_weight,
-          progress_gate, progress_decays, filter_mode, square_decay)
+          progress_gate, progress_decays, progress_reset, filter_mode,
+          square_decay, temp)
     rising = (signals.clip < 1.0) & (signals.loss > signals.loss_mean)
     if overshoot_steps == 1:
       streak, overshoot = (), rising
@@ -1008,10 +1029,13 @@ def _read_rho(state: HypergradientState, signals, weight, stalled,
   return jnp.where(rho < 0, weight * rho, rho)
 
 
-def _check_progress_gate(gate, decays) -> None:
+def _check_progress_gate(gate, decays, reset) -> None:
   if not math.isfinite(float(gate)):
     raise ValueError(f"ae_jax.laws.hypergradient: progress_gate must be "
                      f"finite, got {gate!r}")
+  if reset is not None and not 0.0 < float(reset) < math.inf:
+    raise ValueError(f"ae_jax.laws.hypergradient: progress_reset must be "
+                     f"a finite number > 0 or None, got {reset!r}")
   try:
     fast, slow = (float(d) for d in decays)
   except (TypeError, ValueError) as e:
@@ -1023,7 +1047,7 @@ def _check_progress_gate(gate, decays) -> None:
 
 
 def _gated_weight(state: HypergradientState, loss, weight, progress_weight,
-                  gate, decays, filter_mode, square_decay):
+                  zeta, decays, reset, filter_mode, square_decay, temp):
   """The reversal weight w_t of :func:`hypergradient`'s progress gate, how
   stalled the loss is (s_t in (0, 1)) and the new loss filters: ``weight``
   where the loss's improvement z-score is
@@ -1051,7 +1075,17 @@ def _gated_weight(state: HypergradientState, loss, weight, progress_weight,
   # noise floor or a plateau, a few units while the loss falls.
   progress = (slow_hat - fast_hat) * jax.lax.rsqrt(
       (1.0 - fast_decay) * var_hat + jnp.finfo(var_hat.dtype).tiny)
-  stalled = jax.nn.sigmoid(_PROGRESS_SHARPNESS * (gate - progress))
+  stalled = jax.nn.sigmoid(_PROGRESS_SHARPNESS * (zeta - progress))
+  if reset is not None:
+    # A jump (a drift switch): restart the slow mean at the fast one, its
+    # accumulator scaled so that its debiased value equals the fast mean's.
+    # Read from the next step on; this step's weight is the stalled one.
+    t = (state.count + 1).astype(slow.dtype)
+    restart = fast_hat * (1.0 - jnp.asarray(slow_decay, slow.dtype) ** t)
+    if temp is None:
+      slow = jnp.where(progress < -reset, restart, slow)
+    else:
+      slow = slow + gate(-reset - progress, temp) * (restart - slow)
   return (progress_weight + (weight - progress_weight) * stalled, stalled,
           (fast, slow, var))
 

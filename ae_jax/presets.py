@@ -39,10 +39,12 @@ from ae_jax.laws import (CANONICAL_COUPLING, CANONICAL_DRIVE, CANONICAL_ETA,
                          CANONICAL_TEMPERATURES, HYPERGRADIENT_ALTERNATION,
                          HYPERGRADIENT_DECAY,
                          HYPERGRADIENT_PROGRESS_GATE,
+                         HYPERGRADIENT_PROGRESS_RESET,
                          HYPERGRADIENT_OVERSHOOT_STEPS,
                          HYPERGRADIENT_PROGRESS_WEIGHT,
                          HYPERGRADIENT_REVERSAL_WEIGHT, SGDM_OVERSHOOT_STEPS,
-                         SGDM_PROGRESS_WEIGHT, SGDM_REVERSAL_WEIGHT)
+                         SGDM_PROGRESS_RESET, SGDM_PROGRESS_WEIGHT,
+                         SGDM_REVERSAL_WEIGHT)
 from ae_jax._adapt import adapt
 from ae_jax.coefficient import Coefficient, check_positive
 from ae_jax._controller import Brake
@@ -188,6 +190,7 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
                    reversal_weight: float = HYPERGRADIENT_REVERSAL_WEIGHT,
                    progress_gate: float | None = HYPERGRADIENT_PROGRESS_GATE,
                    progress_weight: float = HYPERGRADIENT_PROGRESS_WEIGHT,
+                   progress_reset: float | None = HYPERGRADIENT_PROGRESS_RESET,
                    alternation: float | None = HYPERGRADIENT_ALTERNATION,
                    overshoot_steps: int = HYPERGRADIENT_OVERSHOOT_STEPS,
                    horizon: bool = False,
@@ -229,6 +232,9 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
       the loss still falls (:func:`ae_jax.laws.hypergradient`); ``None``:
       always ``reversal_weight``.
     progress_weight: see ``progress_gate``.
+    progress_reset: a loss jump (the gate's z-score below minus this)
+      restarts the gate's slow mean (:func:`ae_jax.laws.hypergradient`);
+      ``None``: off. ``ae_sgdm`` passes ``None``.
     alternation: a step whose ρ flips sign against the last one with
       ρ_t ρ_{t-1} < −``alternation`` reads as a full reversal
       (:func:`ae_jax.laws.hypergradient`); ``None``: off.
@@ -269,7 +275,7 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
         step_size, gain=gains.hypergradient, decay=HYPERGRADIENT_DECAY,
         reversal_weight=reversal_weight, progress_weight=progress_weight,
         alternation=alternation, horizon=horizon,
-        overshoot_steps=overshoot_steps,
+        overshoot_steps=overshoot_steps, progress_reset=progress_reset,
         # With equal weights the gate has nothing to switch (but says when
         # to read the long-horizon ρ).
         progress_gate=(None if _same(reversal_weight, progress_weight)
@@ -566,6 +572,7 @@ def ae_sgdm(learning_rate: optax.ScalarOrSchedule = 1e-1,
                  gains=gains, smooth=smooth, step_scale=step_scale,
                  reversal_weight=SGDM_REVERSAL_WEIGHT,
                  progress_weight=SGDM_PROGRESS_WEIGHT,
+                 progress_reset=SGDM_PROGRESS_RESET,
                  overshoot_steps=SGDM_OVERSHOOT_STEPS, travel_cap=travel_cap,
                  horizon=horizon)
 

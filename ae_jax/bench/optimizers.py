@@ -266,6 +266,7 @@ _DEFAULT_LR = {"ae_sgdm": 1e-1, "ae_adam": 1e-3, "ae_adamw": 1e-3}
 # the law it knocks out (ae_sgdm's reversal weights are not the chain's).
 _BASE_FLAGS = {"ae_sgdm": {"reversal_weight": ae.laws.SGDM_REVERSAL_WEIGHT,
                            "progress_weight": ae.laws.SGDM_PROGRESS_WEIGHT,
+                           "progress_reset": ae.laws.SGDM_PROGRESS_RESET,
                            "horizon": True},
                "ae_adam": {}, "ae_adamw": {}}
 
