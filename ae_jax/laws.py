@@ -855,8 +855,8 @@ def hypergradient(coefficient: str = "learning_rate", *,
       deterministic gradients, 0.03-0.1 on minibatches): :math:`\tilde w_p`.
     progress_decays: ``(β_f, β_s)``, the decays of the loss's fast and slow
       means for :math:`p_t` (β_s also filters the squared deviation).
-    progress_reset: r > 0, or ``None`` (off): where :math:`p_t < -r` the
-      slow mean restarts at the fast mean. After a jump of the loss (the
+    progress_reset: r > 0, or ``None`` (off); acts only with a progress
+      gate: where :math:`p_t < -r` the slow mean restarts at the fast mean. After a jump of the loss (the
       task changed) the slow mean remembers the old, lower level for ~100
       steps, so :math:`p_t` stayed below 0, read as a stall, through the
       fast fall that follows, and reversals weighed ``reversal_weight``
@@ -917,8 +917,9 @@ def hypergradient(coefficient: str = "learning_rate", *,
                  shrink=shrink, min_gain=min_gain,
                  reversal_weight=reversal_weight,
                  progress_weight=progress_weight)
+  progress_reset = _checked_reset(progress_reset)
   if progress_gate is not None:
-    _check_progress_gate(progress_gate, progress_decays, progress_reset)
+    _check_progress_gate(progress_gate, progress_decays)
   elif horizon:
     raise ValueError("ae_jax.laws.hypergradient: horizon=True reads the "
                      "long-horizon ρ while the loss falls and needs a "
@@ -1029,13 +1030,27 @@ def _read_rho(state: HypergradientState, signals, weight, stalled,
   return jnp.where(rho < 0, weight * rho, rho)
 
 
-def _check_progress_gate(gate, decays, reset) -> None:
+def _checked_reset(reset) -> float | None:
+  """``progress_reset`` as a float, or None; checked even without a gate
+  (where it has nothing to restart), so a typo is not silently inert."""
+  if reset is None:
+    return None
+  try:
+    if isinstance(reset, (bool, np.bool_, str)):
+      raise TypeError
+    value = float(reset)
+  except (TypeError, ValueError):
+    value = math.nan
+  if not 0.0 < value < math.inf:
+    raise ValueError(f"ae_jax.laws.hypergradient: progress_reset must be "
+                     f"a finite number > 0 or None, got {reset!r}")
+  return value
+
+
+def _check_progress_gate(gate, decays) -> None:
   if not math.isfinite(float(gate)):
     raise ValueError(f"ae_jax.laws.hypergradient: progress_gate must be "
                      f"finite, got {gate!r}")
-  if reset is not None and not 0.0 < float(reset) < math.inf:
-    raise ValueError(f"ae_jax.laws.hypergradient: progress_reset must be "
-                     f"a finite number > 0 or None, got {reset!r}")
   try:
     fast, slow = (float(d) for d in decays)
   except (TypeError, ValueError) as e:
@@ -1053,7 +1068,9 @@ def _gated_weight(state: HypergradientState, loss, weight, progress_weight,
   where the loss's improvement z-score is
   below the gate, ``progress_weight`` where the loss still falls clearly,
   pulled toward 1 by the mean square of ρ: its correction is for noisy
-  gradients, and ρ² near 1 says they are not."""
+  gradients, and ρ² near 1 says they are not. With ``reset`` r, the slow
+  mean handed back restarts at the fast mean where the z-score is below
+  −r (a jump of the loss)."""
   fast_decay, slow_decay = decays
   # The greedy rate's short-horizon bias grows with the gradient noise
   # (Wu et al. 2018); |ρ| ~ 1 on deterministic gradients, where the greedy
@@ -1080,8 +1097,12 @@ def _gated_weight(state: HypergradientState, loss, weight, progress_weight,
     # A jump (a drift switch): restart the slow mean at the fast one, its
     # accumulator scaled so that its debiased value equals the fast mean's.
     # Read from the next step on; this step's weight is the stalled one.
-    t = (state.count + 1).astype(slow.dtype)
-    restart = fast_hat * (1.0 - jnp.asarray(slow_decay, slow.dtype) ** t)
+    # β^t in the default float's precision, as measurement.emas debiases
+    # (a low-precision β rounds: bf16 0.99 is 0.988).
+    wide = jnp.promote_types(slow.dtype, jnp.result_type(float))
+    t = (state.count + 1).astype(wide)
+    restart = fast_hat * (1.0 - jnp.asarray(slow_decay, wide) ** t
+                          ).astype(slow.dtype)
     if temp is None:
       slow = jnp.where(progress < -reset, restart, slow)
     else:

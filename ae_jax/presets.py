@@ -233,8 +233,11 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
       always ``reversal_weight``.
     progress_weight: see ``progress_gate``.
     progress_reset: a loss jump (the gate's z-score below minus this)
-      restarts the gate's slow mean (:func:`ae_jax.laws.hypergradient`);
-      ``None``: off. ``ae_sgdm`` passes ``None``.
+      restarts the gate's slow mean (:func:`ae_jax.laws.hypergradient`;
+      only with a gate); ``None``: off. ``ae_sgdm`` passes ``None``: with
+      ``horizon`` the restarted gate read the old phase's displacement
+      right after a drift switch (``docs/laws.md``), so pass ``None``
+      with ``horizon=True`` unless measured otherwise.
     alternation: a step whose ρ flips sign against the last one with
       ρ_t ρ_{t-1} < −``alternation`` reads as a full reversal
       (:func:`ae_jax.laws.hypergradient`); ``None``: off.

@@ -116,8 +116,10 @@ def test_progress_gate_weight_by_hand():
       float(w3), 0.68 + 2.32 / (1 + math.exp(-4 * (0.5 - p))), rtol=1e-5)
 
 
-def test_progress_reset_by_hand():
-  # decays (0.5, 0.75), losses 0 then 1: fast = 2/3, slow = 4/7,
+@pytest.mark.parametrize("mode", ["debiased", "reference"])
+def test_progress_reset_by_hand(mode):
+  # decays (0.5, 0.75), losses 0 then 1 (the reference's seeded first
+  # sample is 0 here too, so both modes read): fast = 2/3, slow = 4/7,
   #   var = (1 - 4/7)² · 0.25/0.4375 = 36/343, p = (4/7 - 2/3) / sqrt(0.5 ·
   #   36/343) = -0.4157. Below -r the slow accumulator restarts at the fast
   #   mean: 2/3 · (1 - 0.75²) = 7/24 (debiased: 2/3); above it, it stays
@@ -125,18 +127,29 @@ def test_progress_reset_by_hand():
   state = laws.HypergradientState(*([jnp.zeros([])] * 8))._replace(
       count=jnp.zeros([], jnp.int32))
   args = (3.0, 0.5, 0.5, (0.5, 0.75))
-  _, _, filters = laws._gated_weight(state, 0.0, *args, 0.4, "debiased",
+  _, _, filters = laws._gated_weight(state, 0.0, *args, 0.4, mode,
                                      0.99, None)
   state1 = laws.HypergradientState(
       jnp.ones([], jnp.int32), *([jnp.zeros([])] * 4), *filters)
   for reset, slow in ((0.4, 7 / 24), (0.5, 1 / 4), (None, 1 / 4)):
-    _, _, (fast, new_slow, _) = laws._gated_weight(
-        state1, 1.0, *args, reset, "debiased", 0.99, None)
+    _, _, (fast, new_slow, var) = laws._gated_weight(
+        state1, 1.0, *args, reset, mode, 0.99, None)
     np.testing.assert_allclose(float(fast), 0.5, rtol=1e-6)
     np.testing.assert_allclose(float(new_slow), slow, rtol=1e-6)
+  # The step after the restart reads the slow mean as an EMA whose history
+  # is the fast mean 2/3: loss 1 gives (0.75 · 2/3 · 0.4375 + 0.25) /
+  # (1 - 0.75³) = 0.8108 against 0.6757 without the restart, so p rises.
+  state2 = laws.HypergradientState(
+      jnp.full([], 2, jnp.int32), *([jnp.zeros([])] * 4), fast,
+      jnp.asarray(7 / 24), var)
+  _, _, (_, slow3, _) = laws._gated_weight(state2, 1.0, *args, 0.4, mode,
+                                           0.99, None)
+  np.testing.assert_allclose(float(slow3) / (1 - 0.75**3),
+                             (0.75 * 2 / 3 * 0.4375 + 0.25) / (1 - 0.75**3),
+                             rtol=1e-6)
   # Smooth (AE-9): a sigmoid of (-r - p) / τ between the two.
   _, _, (_, soft, _) = laws._gated_weight(state1, 1.0, *args, 0.4,
-                                          "debiased", 0.99, 0.1)
+                                          mode, 0.99, 0.1)
   share = 1 / (1 + math.exp(-(-0.4 + 0.4157) / 0.1))
   np.testing.assert_allclose(float(soft), 0.25 + share * (7 / 24 - 0.25),
                              rtol=1e-3)
@@ -230,6 +243,27 @@ def test_a_loss_jump_restarts_the_gate_so_the_fall_after_it_is_progress():
                                _gate_weights(curve, reset=None), rtol=1e-6)
 
 
+def test_presets_wire_the_restart(monkeypatch):
+  # The Adam presets' chain restarts the gate at a jump; ae_sgdm's, and a
+  # chain told progress_reset=None, do not.
+  seen = []
+  real = laws.hypergradient
+
+  def spy(*args, **kwargs):
+    seen.append(kwargs.get("progress_reset", "default"))
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(laws, "hypergradient", spy)
+  ae.canonical_laws(["learning_rate"])
+  ae.canonical_laws(["learning_rate"], progress_reset=None)
+  ae.ae_adam(1e-3)
+  ae.ae_adamw(1e-3)
+  ae.ae_sgdm(0.1)
+  reset = laws.HYPERGRADIENT_PROGRESS_RESET
+  assert seen == [reset, None, reset, reset, laws.SGDM_PROGRESS_RESET]
+  assert laws.SGDM_PROGRESS_RESET is None
+
+
 def test_progress_gate_is_invariant_to_the_loss_scale_and_offset():
   rng = np.random.default_rng(1)
   rhos = rng.normal(size=200) * 0.3
@@ -250,6 +284,10 @@ def test_progress_gate_is_invariant_to_the_loss_scale_and_offset():
      "progress_reset"),
     ({"progress_gate": 1.0, "progress_reset": float("nan")},
      "progress_reset"),
+    ({"progress_gate": 1.0, "progress_reset": True}, "progress_reset"),
+    ({"progress_gate": 1.0, "progress_reset": "3"}, "progress_reset"),
+    # checked without a gate too, where it would be silently inert
+    ({"progress_gate": None, "progress_reset": -1.0}, "progress_reset"),
 ])
 def test_progress_gate_is_validated(kwargs, field):
   with pytest.raises(ValueError, match=field):
