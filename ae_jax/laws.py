@@ -856,12 +856,12 @@ def hypergradient(coefficient: str = "learning_rate", *,
     progress_decays: ``(β_f, β_s)``, the decays of the loss's fast and slow
       means for :math:`p_t` (β_s also filters the squared deviation).
     progress_reset: r > 0, or ``None`` (off); acts only with a progress
-      gate: where :math:`p_t < -r` the slow mean restarts at the fast mean. After a jump of the loss (the
-      task changed) the slow mean remembers the old, lower level for ~100
-      steps, so :math:`p_t` stayed below 0, read as a stall, through the
-      fast fall that follows, and reversals weighed ``reversal_weight``
-      just when α should climb back (``docs/laws.md``). A smooth gate under
-      AE-9.
+      gate: where :math:`p_t < -r` the slow mean restarts at the fast mean.
+      After a jump of the loss (the task changed) the slow mean remembers
+      the old, lower level for ~100 steps, so :math:`p_t` stayed below 0,
+      read as a stall, through the fast fall that follows, and reversals
+      weighed ``reversal_weight`` just when α should climb back
+      (``docs/laws.md``). A smooth gate under AE-9.
     alternation: c in (0, 1], or ``None`` (off): a step with
       :math:`\rho_t\rho_{t-1} < -c` counts as ρ = −1. Two strongly
       aligned measurements of opposite sign in a row are a stiff direction
@@ -1035,12 +1035,12 @@ def _checked_reset(reset) -> float | None:
   (where it has nothing to restart), so a typo is not silently inert."""
   if reset is None:
     return None
-  try:
-    if isinstance(reset, (bool, np.bool_, str)):
-      raise TypeError
-    value = float(reset)
-  except (TypeError, ValueError):
-    value = math.nan
+  value = math.nan  # bools and strings are refused, not converted
+  if not isinstance(reset, (bool, np.bool_, str)):
+    try:
+      value = float(reset)
+    except (TypeError, ValueError):
+      pass
   if not 0.0 < value < math.inf:
     raise ValueError(f"ae_jax.laws.hypergradient: progress_reset must be "
                      f"a finite number > 0 or None, got {reset!r}")
