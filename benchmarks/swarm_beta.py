@@ -6,10 +6,13 @@ budget) is run with the swarm alone at several (β, κ), on *tuning* seeds
 that the evaluation (``ae-jax swarm --spread --seeds 5``: seeds 0-4) never
 uses. The seeds set initialisation, minibatch order and samplers; the data
 sets are fixed, so the tuning reads the same validation sets the evaluation
-reports. The cache key holds (β, κ, task, setting, seed), not the profile:
-delete the cache after changing the spread case's sizes. For each point it
-prints the best validation loss per (task, setting), mean over the tuning
-seeds, and the geometric mean over (task, setting) of
+reports. The cache key holds (β, κ, task, setting, seed, reading), not the
+profile or the laws: delete the cache after changing the spread case's sizes
+or the members' laws. Every run stores both readings of the spread case
+(``best``: the lowest validation loss at any evaluation, the primary figure;
+``final``: the best member's at the end); ``--figure`` picks the one
+reported. For each point it prints that loss per (task, setting), mean over
+the tuning seeds, and the geometric mean over (task, setting) of
 that loss divided by the best point's loss in the same (task, setting): 1
 means best everywhere. The defaults are the point with the smallest
 geometric mean.
@@ -17,9 +20,10 @@ geometric mean.
   JAX_PLATFORMS=cpu python benchmarks/swarm_beta.py                   # β sweep
   JAX_PLATFORMS=cpu python benchmarks/swarm_beta.py --betas 2 --kappas 0.2,0.5
   JAX_PLATFORMS=cpu python benchmarks/swarm_beta.py --report-only     # cached
+  JAX_PLATFORMS=cpu python benchmarks/swarm_beta.py --report-only --figure final
 
-Results are cached in ``benchmarks/results/swarm_beta.json`` (one entry per
-(β, κ, task, setting, seed)), so an interrupted sweep resumes; the report
+Results are cached in ``benchmarks/results/swarm_beta_v2.json`` (one entry per
+(β, κ, task, setting, seed, reading)), so an interrupted sweep resumes; the report
 covers every cached point that has all (task, setting) pairs and seeds.
 """
 
@@ -39,16 +43,18 @@ from ae_jax.bench import swarm_spread
 BETAS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
 KAPPAS = (0.05,)
 TUNING_SEEDS = (100, 101, 102)
-CACHE = pathlib.Path(__file__).parent / "results" / "swarm_beta.json"
-# The cached tuning (2026-12-05) read the swarm's best member at the end of
-# training, the spread case's figure then; keep that reading so cached and
-# new points compare.
-FIGURE = "final"
+CACHE = pathlib.Path(__file__).parent / "results" / "swarm_beta_v2.json"
+# The first tuning (2026-12-05, ``results/swarm_beta.json``) read the swarm's
+# best member at the end of training, with the laws of that day. This cache
+# (2026-12-07, the laws since the progress gate and its restart) stores both
+# readings of every run; the report reads ``--figure`` (default ``best``,
+# the spread case's primary figure).
+FIGURES = swarm_spread.FIGURES
 
 
-def _key(point, task, setting, seed) -> str:
+def _key(point, task, setting, seed, figure) -> str:
   beta, kappa = point
-  return f"{beta:g}|{kappa:g}|{task}|{setting}|{seed}"
+  return f"{beta:g}|{kappa:g}|{task}|{setting}|{seed}|{figure}"
 
 
 def _points(cache: dict) -> list[tuple[float, float]]:
@@ -61,22 +67,26 @@ def sweep(points, tasks, settings, seeds, cache: dict) -> dict:
   for point in points:
     for task in tasks:
       for setting in settings:
-        todo = [s for s in seeds if _key(point, task, setting, s) not in cache]
+        todo = [s for s in seeds
+                if _key(point, task, setting, s, FIGURES[-1]) not in cache]
         if not todo:
           continue
-        res = swarm_spread.compare(tasks=(task,), settings=(setting,),
-                                   seeds=todo, beta=point[0], kappa=point[1],
-                                   methods=("swarm",), log=None,
-                                   figure=FIGURE)
-        for seed, loss in zip(todo, res[(task, setting)]["swarm"]):
-          cache[_key(point, task, setting, seed)] = float(loss)
+        res = swarm_spread.compare_figures(
+            tasks=(task,), settings=(setting,), seeds=todo, beta=point[0],
+            kappa=point[1], methods=("swarm",), log=None)
+        for figure in FIGURES:
+          for seed, loss in zip(todo, res[figure][(task, setting)]["swarm"]):
+            cache[_key(point, task, setting, seed, figure)] = float(loss)
+        for seed, b, f in zip(todo, res["best"][(task, setting)]["swarm"],
+                              res["final"][(task, setting)]["swarm"]):
           print(f"beta {point[0]:>5g} kappa {point[1]:>5g}  {task:10s} "
-                f"{setting:12s} seed {seed} {loss:.5g}", flush=True)
+                f"{setting:12s} seed {seed} best {b:.5g} final {f:.5g}",
+                flush=True)
         CACHE.write_text(json.dumps(cache, indent=1, sort_keys=True))
   return cache
 
 
-def report(tasks, settings, seeds, cache: dict):
+def report(tasks, settings, seeds, cache: dict, figure: str = "best"):
   """Markdown table: mean best validation loss per (β, κ) and (task,
   setting), and the geometric mean of the ratio to the best point; returns
   the table and the best point."""
@@ -84,7 +94,8 @@ def report(tasks, settings, seeds, cache: dict):
   for point in cached:
     for task in tasks:
       for setting in settings:
-        vals = [cache.get(_key(point, task, setting, s)) for s in seeds]
+        vals = [cache.get(_key(point, task, setting, s, figure))
+                for s in seeds]
         if None in vals:
           continue
         means[point, task, setting] = float(np.mean(vals))
@@ -114,6 +125,7 @@ def main() -> None:
   p.add_argument("--tasks", default=",".join(swarm_spread.TASKS))
   p.add_argument("--settings", default=",".join(swarm_spread.SETTINGS))
   p.add_argument("--seeds", default=",".join(map(str, TUNING_SEEDS)))
+  p.add_argument("--figure", default="best", choices=FIGURES)
   p.add_argument("--report-only", action="store_true")
   a = p.parse_args()
   points = [(float(b), float(k)) for b in a.betas.split(",")
@@ -127,8 +139,9 @@ def main() -> None:
     sweep(points, tasks, settings, seeds, cache)
   print(f"\n{platform.platform()}, {jax.default_backend()}, jax "
         f"{jax.__version__}; tuning seeds {list(seeds)}; mean best validation "
-        f"loss of the swarm (rank selection, profile quick)\n")
-  text, chosen = report(tasks, settings, seeds, cache)
+        f"loss of the swarm (rank selection, profile quick; reading "
+        f"{a.figure!r})\n")
+  text, chosen = report(tasks, settings, seeds, cache, a.figure)
   print(text)
   if chosen:
     print(f"\nbest (β, κ): ({chosen[0]:g}, {chosen[1]:g})")

@@ -134,10 +134,13 @@ def test_beta_sweep_report_picks_the_point_best_on_every_pair():
             (2.0, 0.5): (1.0, 2.2)}
   for point, (la, lb) in losses.items():
     for seed in seeds:
-      cache[SB._key(point, "a", "rates", seed)] = la
-      cache[SB._key(point, "b", "rates", seed)] = lb
+      cache[SB._key(point, "a", "rates", seed, "best")] = la
+      cache[SB._key(point, "b", "rates", seed, "best")] = lb
+      # The other reading of the same runs ranks the points the other way.
+      cache[SB._key(point, "a", "rates", seed, "final")] = 1 / la
+      cache[SB._key(point, "b", "rates", seed, "final")] = 1 / lb
   # A point with a missing seed is left out of the report, not averaged.
-  cache[SB._key((50.0, 0.05), "a", "rates", 100)] = 0.1
+  cache[SB._key((50.0, 0.05), "a", "rates", 100, "best")] = 0.1
   text, best = SB.report(tasks, settings, seeds, cache)
   assert best == (2.0, 0.05)
   rows = {line.split("|")[1].strip() + "/" + line.split("|")[2].strip():
@@ -146,4 +149,5 @@ def test_beta_sweep_report_picks_the_point_best_on_every_pair():
   assert rows["2/0.05"] == 1.0
   # Geometric mean of the ratios to the best point: sqrt(1.1 * 1.2).
   assert abs(rows["5/0.05"] - (1.1 * 1.2) ** 0.5) < 1e-4
+  assert SB.report(tasks, settings, seeds, cache, "final")[1] == (5.0, 0.05)
   assert SB.report(tasks, settings, seeds, {})[1] is None

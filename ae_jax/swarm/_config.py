@@ -36,7 +36,8 @@ class SwarmConfig:
     beta: β, the selection temperature of ``softmax(-β u)`` (0: uniform).
       The default 2 was chosen by measurement for rank selection
       (``benchmarks/swarm_beta.py``: the spread case on tuning seeds, β in
-      1 … 50); the reference example's raw selection uses 5.
+      1 … 50; rechecked on its best-checkpoint reading, 2026-12-07); the
+      reference example's raw selection uses 5.
     selection: how scores become ``u`` (:func:`selection_scores`):
       ``"rank"`` (default, scale-free), ``"standardized"`` or ``"raw"``
       (the theory's ``s - min s``, in the loss's units).
