@@ -22,7 +22,8 @@ regression task) train ``steps`` member steps each, four ways:
 
 Prints member steps per second and the ratio to ``sequential``, side by side.
 Compilation is excluded (one warm-up call each); each figure is the best of
-``--repeats`` timed calls.
+``--repeats`` timed calls, taken in interleaved rounds (every round times
+each mode once; since 2026-12-07, before that one mode's calls in a row).
 
   python benchmarks/swarm.py            # M in {4, 16, 64}
   python benchmarks/swarm.py --quick    # M in {4, 16}, fewer steps
@@ -42,12 +43,16 @@ import numpy as np
 from ae_jax import swarm
 
 
-def _best_time(fn, repeats):
-  best = float("inf")
+def _best_times(runs: dict, repeats: int) -> dict[str, float]:
+  """Best wall time of each run over ``repeats`` rounds, interleaved: every
+  round times each run once, so a slow spell of the shared machine hits all
+  of them alike rather than one mode's whole series."""
+  best = {name: float("inf") for name in runs}
   for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    best = min(best, time.perf_counter() - start)
+    for name, fn in runs.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      best[name] = min(best[name], time.perf_counter() - start)
   return best
 
 
@@ -107,10 +112,9 @@ def measure(m: int, steps: int, *, hidden: int, batch: int, repeats: int
       "plain-sequential": plain_sequential,
       "plain-vmap": lambda: plain_vmapped(plain_pop, equal, data),
   }
-  rates = {}
-  for name, fn in runs.items():
+  for fn in runs.values():
     jax.block_until_ready(fn())   # compile
-    rates[name] = total / _best_time(fn, repeats)
+  rates = {name: total / t for name, t in _best_times(runs, repeats).items()}
   rates["max_budget"] = float(unequal.max())
   return rates
 
