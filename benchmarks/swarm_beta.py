@@ -68,7 +68,8 @@ def sweep(points, tasks, settings, seeds, cache: dict) -> dict:
     for task in tasks:
       for setting in settings:
         todo = [s for s in seeds
-                if _key(point, task, setting, s, FIGURES[-1]) not in cache]
+                if any(_key(point, task, setting, s, f) not in cache
+                       for f in FIGURES)]
         if not todo:
           continue
         res = swarm_spread.compare_figures(
@@ -87,8 +88,8 @@ def sweep(points, tasks, settings, seeds, cache: dict) -> dict:
 
 
 def report(tasks, settings, seeds, cache: dict, figure: str = "best"):
-  """Markdown table: mean best validation loss per (β, κ) and (task,
-  setting), and the geometric mean of the ratio to the best point; returns
+  """Markdown table: mean validation loss (of the ``figure`` reading) per
+  (β, κ) and (task, setting), and the geometric mean of the ratio to the best point; returns
   the table and the best point."""
   means, cached = {}, _points(cache)
   for point in cached:
@@ -138,7 +139,7 @@ def main() -> None:
   if not a.report_only:
     sweep(points, tasks, settings, seeds, cache)
   print(f"\n{platform.platform()}, {jax.default_backend()}, jax "
-        f"{jax.__version__}; tuning seeds {list(seeds)}; mean best validation "
+        f"{jax.__version__}; tuning seeds {list(seeds)}; mean validation "
         f"loss of the swarm (rank selection, profile quick; reading "
         f"{a.figure!r})\n")
   text, chosen = report(tasks, settings, seeds, cache, a.figure)
