@@ -6,9 +6,9 @@ budget) is run with the swarm alone at several (β, κ), on *tuning* seeds
 that the evaluation (``ae-jax swarm --spread --seeds 5``: seeds 0-4) never
 uses. The seeds set initialisation, minibatch order and samplers; the data
 sets are fixed, so the tuning reads the same validation sets the evaluation
-reports. The cache key holds (β, κ, task, setting, seed, reading), not the
-profile or the laws: delete the cache after changing the spread case's sizes
-or the members' laws. Every run stores both readings of the spread case
+reports. The cache key holds (β, κ, task, setting, seed, reading) and its
+file the members' leak, not the profile or the laws: delete the cache after
+changing the spread case's sizes or the members' laws. Every run stores both readings of the spread case
 (``best``: the lowest validation loss at any evaluation, the primary figure;
 ``final``: the best member's at the end); ``--figure`` picks the one
 reported. For each point it prints that loss per (task, setting), mean over
@@ -21,8 +21,11 @@ geometric mean.
   JAX_PLATFORMS=cpu python benchmarks/swarm_beta.py --betas 2 --kappas 0.2,0.5
   JAX_PLATFORMS=cpu python benchmarks/swarm_beta.py --report-only     # cached
   JAX_PLATFORMS=cpu python benchmarks/swarm_beta.py --report-only --figure final
+  JAX_PLATFORMS=cpu python benchmarks/swarm_beta.py --report-only \
+      --cache benchmarks/results/swarm_beta_leak0.json   # unanchored members
 
-Results are cached in ``benchmarks/results/swarm_beta_v2.json`` (one entry per
+Results are cached in ``benchmarks/results/swarm_beta_leak<Γ>.json`` (Γ the
+members' :data:`ae_jax.swarm.SELF_TUNING_LEAK`; one entry per
 (β, κ, task, setting, seed, reading)), so an interrupted sweep resumes; the report
 covers every cached point that has all (task, setting) pairs and seeds.
 """
@@ -38,17 +41,22 @@ import platform
 import jax
 import numpy as np
 
+from ae_jax import swarm
 from ae_jax.bench import swarm_spread
 
 BETAS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
 KAPPAS = (0.05,)
 TUNING_SEEDS = (100, 101, 102)
-CACHE = pathlib.Path(__file__).parent / "results" / "swarm_beta_v2.json"
-# The first tuning (2026-12-05, ``results/swarm_beta.json``) read the swarm's
-# best member at the end of training, with the laws of that day. This cache
-# (2026-12-07, the laws since the progress gate and its restart) stores both
-# readings of every run; the report reads ``--figure`` (default ``best``,
-# the spread case's primary figure).
+# One cache per member family: the members' leak toward their start
+# (swarm.SELF_TUNING_LEAK) is in the file name, so a changed default starts a
+# fresh cache instead of mixing families. The first tuning (2026-12-05,
+# ``results/swarm_beta.json``) read the swarm's best member at the end of
+# training, with the laws of that day; ``swarm_beta_leak0.json`` (2026-12-07,
+# the laws since the progress gate and its restart, unanchored members)
+# stores both readings of every run; the report reads ``--figure`` (default
+# ``best``, the spread case's primary figure).
+CACHE = (pathlib.Path(__file__).parent / "results"
+         / f"swarm_beta_leak{swarm.SELF_TUNING_LEAK:g}.json")
 FIGURES = swarm_spread.FIGURES
 
 
@@ -62,7 +70,8 @@ def _points(cache: dict) -> list[tuple[float, float]]:
                  for k in cache})
 
 
-def sweep(points, tasks, settings, seeds, cache: dict) -> dict:
+def sweep(points, tasks, settings, seeds, cache: dict,
+          path: pathlib.Path = CACHE) -> dict:
   """Fills ``cache`` with the swarm's best validation loss per key."""
   for point in points:
     for task in tasks:
@@ -83,7 +92,7 @@ def sweep(points, tasks, settings, seeds, cache: dict) -> dict:
           print(f"beta {point[0]:>5g} kappa {point[1]:>5g}  {task:10s} "
                 f"{setting:12s} seed {seed} best {b:.5g} final {f:.5g}",
                 flush=True)
-        CACHE.write_text(json.dumps(cache, indent=1, sort_keys=True))
+        path.write_text(json.dumps(cache, indent=1, sort_keys=True))
   return cache
 
 
@@ -127,6 +136,8 @@ def main() -> None:
   p.add_argument("--settings", default=",".join(swarm_spread.SETTINGS))
   p.add_argument("--seeds", default=",".join(map(str, TUNING_SEEDS)))
   p.add_argument("--figure", default="best", choices=FIGURES)
+  p.add_argument("--cache", type=pathlib.Path, default=CACHE,
+                 help="the cache file (default: this family's, %(default)s)")
   p.add_argument("--report-only", action="store_true")
   a = p.parse_args()
   points = [(float(b), float(k)) for b in a.betas.split(",")
@@ -135,9 +146,9 @@ def main() -> None:
   seeds = tuple(int(s) for s in a.seeds.split(","))
   if set(seeds) & set(range(5)):
     raise SystemExit("tuning seeds must not overlap the evaluation seeds 0-4")
-  cache = json.loads(CACHE.read_text()) if CACHE.exists() else {}
+  cache = json.loads(a.cache.read_text()) if a.cache.exists() else {}
   if not a.report_only:
-    sweep(points, tasks, settings, seeds, cache)
+    sweep(points, tasks, settings, seeds, cache, a.cache)
   print(f"\n{platform.platform()}, {jax.default_backend()}, jax "
         f"{jax.__version__}; tuning seeds {list(seeds)}; mean validation "
         f"loss of the swarm (rank selection, profile quick; reading "

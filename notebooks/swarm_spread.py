@@ -15,7 +15,11 @@
 # # AE-Swarm when the right rate is unknown: the spread case
 #
 # Eight self-tuning AE-AdamW members start with learning rates spread over
-# four decades (1e-5 … 1e-1). After each round the members are ranked on a
+# four decades (1e-5 … 1e-1). Each member's step-size law moves its rate,
+# and AE-2's leak pulls it back toward the member's own start where the
+# law's signal is noise, so the population keeps its spread (without the
+# anchor, `self_tuning_family(leak=0)`, the law brings every member within a
+# factor of 2-10 of one rate in ~50 steps). After each round the members are ranked on a
 # validation set; rank selection `w = softmax(-β r/(M-1))` moves the next
 # round's step budgets toward the best members (whatever the loss scale),
 # and the coefficients are nudged toward their weighted mean. At the end the

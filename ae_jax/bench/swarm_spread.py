@@ -8,9 +8,10 @@ MLP language model on Python standard-library source). Every method gets
 the same total number of training steps ``T = M * steps``, the same
 initialisation (per seed) and the same data:
 
-* ``swarm``: AE-Swarm of self-tuning AE-AdamW members
-  (:func:`ae_jax.swarm.self_tuning_family`), rank selection, budgets moved
-  toward the best members, consensus of the coefficients;
+* ``swarm``: AE-Swarm of self-tuning AE-AdamW members, each anchored at
+  its own starting rate (:func:`ae_jax.swarm.self_tuning_family`), rank
+  selection, budgets moved toward the best members, consensus of the
+  coefficients;
 * ``ae-independent``: the same members trained ``steps`` each, no
   selection, no consensus — (a) the best of M independent AE runs;
 * ``optuna``: Optuna's TPE over the same ranges with a successive-halving

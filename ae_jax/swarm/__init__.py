@@ -53,7 +53,7 @@ Example::
   swarm.plot_history(history)
 """
 
-from ae_jax.swarm._config import (CONSENSUS, MODES, SwarmConfig, Family, ae_adamw_family, self_tuning_family, adamw_family, reference_priors)
+from ae_jax.swarm._config import (CONSENSUS, MODES, SwarmConfig, Family, ae_adamw_family, self_tuning_family, SELF_TUNING_LEAK, adamw_family, reference_priors)
 from ae_jax.swarm._population import (Population, Data, pop_size, member, init_population)
 from ae_jax.swarm._training import (member_runner, train, scores)
 from ae_jax.swarm._selection import (SELECTIONS, selection_scores, swarm_weights, allocate_budgets)
@@ -101,6 +101,7 @@ __all__ = [
     "scores",
     "selection_scores",
     "self_tuning_family",
+    "SELF_TUNING_LEAK",
     "shard_population",
     "swarm_weights",
     "train",

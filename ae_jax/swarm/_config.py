@@ -174,20 +174,44 @@ def ae_adamw_family(learning_rate: float = 3e-4, b1: float = 0.9,
   return Family(make=make, coefficients=specs)
 
 
+# Γ of the anchored members' leak toward their own starting α (the AE-2
+# leak row alone, in log α per unit of η_α). Chosen on the spread case's
+# tuning seeds 100-102 (Γ = 0 / 0.2 / 1: swarm ÷ best baseline 1.117 /
+# 1.182 / 1.104; benchmarks/RESULTS.md, "Members anchored at their start").
+SELF_TUNING_LEAK = 1.0
+
+
 def self_tuning_family(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                        weight_decay: float = 1e-4, *,
                        learning_rate_bounds: tuple[float, float] = (1e-7, 10.0),
                        weight_decay_bounds: tuple[float, float] = (1e-7, 1.0),
+                       leak: float = SELF_TUNING_LEAK,
                        ) -> Family:
   """AE-AdamW members with the canonical self-tuning chain
-  (:func:`ae_jax.ae_adamw`'s default laws) and per-member priors.
+  (:func:`ae_jax.ae_adamw`'s default laws), each anchored at its own
+  starting α, and per-member priors.
+
+  .. math::
+
+    \Delta\log\alpha_t \mathrel{+}= \kappa_t h_t
+      - \eta_\alpha\,\Gamma\,(\log\alpha_t - \log\alpha^{(i)}_0)
+
+  The first term is the step-size law (:func:`ae_jax.laws.hypergradient`);
+  the second is AE-2's leak row toward the member's prior α₀⁽ⁱ⁾
+  (:func:`ae_jax.laws.drive` with ``DriveGains(leak=Γ)`` only). Without it
+  (``leak=0``) the step-size law pulls members started decades apart to
+  within a factor of 2-10 of one rate in ~50 steps — a level set by the
+  training loss's one-step signal, not by validation — so selection has
+  little to choose among; the anchor keeps the population's spread where the
+  law's signal is noise, while a consistent hypergradient (a rate far too
+  small or too large) still moves α.
 
   A prior is a dict of scalars per member: ``learning_rate`` (required,
-  the member's initial α; no warm start below it) and, optionally, ``b1``
-  and ``weight_decay`` (else the arguments here). The canonical chain moves
-  α only; β1 and λ stay where the prior and the consensus put them. Ω is
-  the same for every member and wide enough for a population spread over
-  decades.
+  the member's initial α and anchor; no warm start below it) and,
+  optionally, ``b1`` and ``weight_decay`` (else the arguments here). The
+  canonical chain moves α only; β1 and λ stay where the prior and the
+  consensus put them. Ω is the same for every member and wide enough for a
+  population spread over decades.
 
   Args:
     b1: β1 of members without a ``b1`` prior.
@@ -196,22 +220,42 @@ def self_tuning_family(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     weight_decay: λ of members without a ``weight_decay`` prior (> 0).
     learning_rate_bounds: Ω of α.
     weight_decay_bounds: Ω of λ.
+    leak: Γ ≥ 0 of the pull toward the member's starting α (0: the plain
+      self-tuning chain). The default :data:`SELF_TUNING_LEAK` was chosen on
+      the spread case's tuning seeds.
+
+  Returns:
+    A :class:`Family`.
+
+  Raises:
+    ValueError: if ``weight_decay`` is not positive or ``leak`` is negative
+      or not finite.
   """
   if not weight_decay > 0:
     raise ValueError(f"self_tuning_family: weight_decay must be positive, "
                      f"got {weight_decay}")
+  if (isinstance(leak, bool) or not isinstance(leak, (int, float))
+      or not math.isfinite(leak) or leak < 0):
+    raise ValueError(f"self_tuning_family: leak must be a finite number "
+                     f">= 0, got {leak!r}")
   lo, hi = learning_rate_bounds
   specs = tuple(presets.adamw_coefficients(
       math.sqrt(lo * hi), b1, b2, eps, weight_decay,
       learning_rate_bounds=learning_rate_bounds,
       weight_decay_bounds=weight_decay_bounds, warm_start=1.0))
+  # The anchor is each member's own prior: the spec's anchor defaults to its
+  # initial value, which make() sets to prior["learning_rate"].
+  chain = (None if leak == 0 else presets.canonical_laws(
+      [c.name for c in specs],
+      gains={"learning_rate": laws.DriveGains(leak=float(leak))}))
 
   def make(prior):
     return presets.ae_adamw(
         prior["learning_rate"], prior.get("b1", b1), b2, eps,
         prior.get("weight_decay", weight_decay),
         learning_rate_bounds=learning_rate_bounds,
-        weight_decay_bounds=weight_decay_bounds, warm_start=1.0)
+        weight_decay_bounds=weight_decay_bounds, warm_start=1.0,
+        laws_chain=chain)
 
   return Family(make=make, coefficients=specs)
 
