@@ -146,6 +146,11 @@ def main() -> None:
   seeds = tuple(int(s) for s in a.seeds.split(","))
   if set(seeds) & set(range(5)):
     raise SystemExit("tuning seeds must not overlap the evaluation seeds 0-4")
+  if a.cache != CACHE and not a.report_only:
+    # The sweep runs the default family; another family's cache would mix.
+    raise SystemExit(f"--cache {a.cache} is for --report-only: a sweep runs "
+                     f"the default family (leak {swarm.SELF_TUNING_LEAK:g}) "
+                     f"and writes {CACHE}")
   cache = json.loads(a.cache.read_text()) if a.cache.exists() else {}
   if not a.report_only:
     sweep(points, tasks, settings, seeds, cache, a.cache)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -174,8 +175,8 @@ def ae_adamw_family(learning_rate: float = 3e-4, b1: float = 0.9,
   return Family(make=make, coefficients=specs)
 
 
-# Γ of the anchored members' leak toward their own starting α (the AE-2
-# leak row alone, in log α per unit of η_α). Chosen on the spread case's
+# Γ of the anchored members' leak toward their own starting α (AE-2's leak
+# row for α, in log α per unit of η_α). Chosen on the spread case's
 # tuning seeds 100-102 (Γ = 0 / 0.2 / 1: swarm ÷ best baseline 1.117 /
 # 1.182 / 1.104; benchmarks/RESULTS.md, "Members anchored at their start").
 SELF_TUNING_LEAK = 1.0
@@ -187,18 +188,22 @@ def self_tuning_family(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                        weight_decay_bounds: tuple[float, float] = (1e-7, 1.0),
                        leak: float = SELF_TUNING_LEAK,
                        ) -> Family:
-  """AE-AdamW members with the canonical self-tuning chain
-  (:func:`ae_jax.ae_adamw`'s default laws), each anchored at its own
-  starting α, and per-member priors.
+  r"""AE-AdamW members with the canonical self-tuning chain
+  (:func:`ae_jax.ae_adamw`'s default laws) plus AE-2's drive, each anchored
+  at its own starting α, and per-member priors.
 
   .. math::
 
-    \Delta\log\alpha_t \mathrel{+}= \kappa_t h_t
-      - \eta_\alpha\,\Gamma\,(\log\alpha_t - \log\alpha^{(i)}_0)
+    \Delta\log\alpha_t = \kappa_t h_t - \eta_\alpha\big[\Gamma\,
+      (\log\alpha_t - \log\alpha^{(i)}_0) + \partial\psi_\Omega\big]
 
   The first term is the step-size law (:func:`ae_jax.laws.hypergradient`);
-  the second is AE-2's leak row toward the member's prior α₀⁽ⁱ⁾
-  (:func:`ae_jax.laws.drive` with ``DriveGains(leak=Γ)`` only). Without it
+  the second is AE-2's leak row toward the member's prior α₀⁽ⁱ⁾ (with
+  :func:`ae_jax.laws.evolve`'s barrier of Ω). With ``leak > 0`` the chain
+  is ``canonical_laws(names, gains={"learning_rate": DriveGains(leak=Γ)})``:
+  α's drive row is the leak alone, and β1, β2, ε and λ get the theory's
+  canonical rows (:data:`ae_jax.laws.CANONICAL_DRIVE`: variance and phase
+  terms, and leaks of 0.05 toward their priors). Without it
   (``leak=0``) the step-size law pulls members started decades apart to
   within a factor of 2-10 of one rate in ~50 steps — a level set by the
   training loss's one-step signal, not by validation — so selection has
@@ -208,10 +213,11 @@ def self_tuning_family(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
 
   A prior is a dict of scalars per member: ``learning_rate`` (required,
   the member's initial α and anchor; no warm start below it) and,
-  optionally, ``b1`` and ``weight_decay`` (else the arguments here). The
-  canonical chain moves α only; β1 and λ stay where the prior and the
-  consensus put them. Ω is the same for every member and wide enough for a
-  population spread over decades.
+  optionally, ``b1`` and ``weight_decay`` (else the arguments here). With
+  ``leak=0`` the chain moves α only and β1 and λ stay where the prior and
+  the consensus put them; with the drive they also move on its features and
+  leak back toward the prior. Ω is the same for every member and wide
+  enough for a population spread over decades.
 
   Args:
     b1: β1 of members without a ``b1`` prior.
@@ -221,8 +227,8 @@ def self_tuning_family(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     learning_rate_bounds: Ω of α.
     weight_decay_bounds: Ω of λ.
     leak: Γ ≥ 0 of the pull toward the member's starting α (0: the plain
-      self-tuning chain). The default :data:`SELF_TUNING_LEAK` was chosen on
-      the spread case's tuning seeds.
+      self-tuning chain, no drive). The default :data:`SELF_TUNING_LEAK` was
+      chosen on the spread case's tuning seeds.
 
   Returns:
     A :class:`Family`.
@@ -234,7 +240,7 @@ def self_tuning_family(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
   if not weight_decay > 0:
     raise ValueError(f"self_tuning_family: weight_decay must be positive, "
                      f"got {weight_decay}")
-  if (isinstance(leak, bool) or not isinstance(leak, (int, float))
+  if (isinstance(leak, bool) or not isinstance(leak, numbers.Real)
       or not math.isfinite(leak) or leak < 0):
     raise ValueError(f"self_tuning_family: leak must be a finite number "
                      f">= 0, got {leak!r}")
@@ -243,8 +249,8 @@ def self_tuning_family(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
       math.sqrt(lo * hi), b1, b2, eps, weight_decay,
       learning_rate_bounds=learning_rate_bounds,
       weight_decay_bounds=weight_decay_bounds, warm_start=1.0))
-  # The anchor is each member's own prior: the spec's anchor defaults to its
-  # initial value, which make() sets to prior["learning_rate"].
+  # The anchor is each member's own prior: ae_adamw sets α's anchor to the
+  # rate it is given, prior["learning_rate"] in make().
   chain = (None if leak == 0 else presets.canonical_laws(
       [c.name for c in specs],
       gains={"learning_rate": laws.DriveGains(leak=float(leak))}))
