@@ -8,14 +8,14 @@ uses. The seeds set initialisation, minibatch order and samplers; the data
 sets are fixed, so the tuning reads the same validation sets the evaluation
 reports. The cache key holds (β, κ, task, setting, seed, reading) and its
 file the members' leak, not the profile or the laws: delete the cache after
-changing the spread case's sizes or the members' laws. Every run stores both readings of the spread case
-(``best``: the lowest validation loss at any evaluation, the primary figure;
-``final``: the best member's at the end); ``--figure`` picks the one
-reported. For each point it prints that loss per (task, setting), mean over
-the tuning seeds, and the geometric mean over (task, setting) of
-that loss divided by the best point's loss in the same (task, setting): 1
-means best everywhere. The defaults are the point with the smallest
-geometric mean.
+changing the spread case's sizes or the members' laws. Every run stores
+both readings of the spread case (``best``: the lowest validation loss at
+any evaluation, the primary figure; ``final``: the best member's at the
+end); ``--figure`` picks the one reported. For each point it prints that
+loss per (task, setting), mean over the tuning seeds, and the geometric mean
+over (task, setting) of that loss divided by the best point's loss in the
+same (task, setting): 1 means best everywhere. The defaults are the point
+with the smallest geometric mean.
 
   JAX_PLATFORMS=cpu python benchmarks/swarm_beta.py                   # β sweep
   JAX_PLATFORMS=cpu python benchmarks/swarm_beta.py --betas 2 --kappas 0.2,0.5
@@ -25,8 +25,8 @@ geometric mean.
       --cache benchmarks/results/swarm_beta_leak0.json   # unanchored members
 
 Results are cached in ``benchmarks/results/swarm_beta_leak<Γ>.json`` (Γ the
-members' :data:`ae_jax.swarm.SELF_TUNING_LEAK`; one entry per
-(β, κ, task, setting, seed, reading)), so an interrupted sweep resumes; the report
+members' :data:`ae_jax.swarm.SELF_TUNING_LEAK`; one entry per (β, κ, task,
+setting, seed, reading)), so an interrupted sweep resumes; the report
 covers every cached point that has all (task, setting) pairs and seeds.
 """
 
@@ -72,7 +72,9 @@ def _points(cache: dict) -> list[tuple[float, float]]:
 
 def sweep(points, tasks, settings, seeds, cache: dict,
           path: pathlib.Path = CACHE) -> dict:
-  """Fills ``cache`` with the swarm's best validation loss per key."""
+  """Fills ``cache`` with the swarm's validation loss per key (both
+  readings of each run) and writes it to ``path`` after each (task,
+  setting)."""
   for point in points:
     for task in tasks:
       for setting in settings:
@@ -84,13 +86,14 @@ def sweep(points, tasks, settings, seeds, cache: dict,
         res = swarm_spread.compare_figures(
             tasks=(task,), settings=(setting,), seeds=todo, beta=point[0],
             kappa=point[1], methods=("swarm",), log=None)
-        for figure in FIGURES:
-          for seed, loss in zip(todo, res[figure][(task, setting)]["swarm"]):
-            cache[_key(point, task, setting, seed, figure)] = float(loss)
-        for seed, b, f in zip(todo, res["best"][(task, setting)]["swarm"],
-                              res["final"][(task, setting)]["swarm"]):
+        for i, seed in enumerate(todo):
+          losses = {f: float(res[f][(task, setting)]["swarm"][i])
+                    for f in FIGURES}
+          for figure, loss in losses.items():
+            cache[_key(point, task, setting, seed, figure)] = loss
           print(f"beta {point[0]:>5g} kappa {point[1]:>5g}  {task:10s} "
-                f"{setting:12s} seed {seed} best {b:.5g} final {f:.5g}",
+                f"{setting:12s} seed {seed} "
+                + " ".join(f"{f} {v:.5g}" for f, v in losses.items()),
                 flush=True)
         path.write_text(json.dumps(cache, indent=1, sort_keys=True))
   return cache
@@ -98,8 +101,8 @@ def sweep(points, tasks, settings, seeds, cache: dict,
 
 def report(tasks, settings, seeds, cache: dict, figure: str = "best"):
   """Markdown table: mean validation loss (of the ``figure`` reading) per
-  (β, κ) and (task, setting), and the geometric mean of the ratio to the best point; returns
-  the table and the best point."""
+  (β, κ) and (task, setting), and the geometric mean of the ratio to the
+  best point; returns the table and the best point."""
   means, cached = {}, _points(cache)
   for point in cached:
     for task in tasks:
