@@ -61,7 +61,9 @@ STATS_SAMPLE = 2**16
 GRAD_CLIP = 4.0
 # Ω of α relative to the given rate α₀, and the warm start: α begins at
 # WARM_START · α₀ and climbs on the hypergradient (a decade in ~12 steps).
-LEARNING_RATE_RANGE = (1e-6, 1e4)
+# Five decades up so that from any start of the sweep's range (1e-5 ... 1
+# for Adam) α can reach any other (docs/laws.md, "Warm start and Ω").
+LEARNING_RATE_RANGE = (1e-6, 1e5)
 WARM_START = 1e-3
 # ae_sgdm's travel cap (ae.adapt's travel_cap): no step longer than
 # TRAVEL_CAP times the road travelled so far plus TRAVEL_RADIUS (1 + ‖θ₀‖)
@@ -534,7 +536,7 @@ def ae_sgdm(learning_rate: optax.ScalarOrSchedule = 1e-1,
       ``lr`` with momentum β corresponds to ``lr / (1 - β)``).
     momentum: initial β (EMA momentum, see :func:`ema_sgd`).
     sigma: initial parameter-noise σ (``None`` or 0: no noise).
-    learning_rate_bounds: Ω for α (default: 1e-6 α₀ to 1e4 α₀).
+    learning_rate_bounds: Ω for α (default: 1e-6 α₀ to 1e5 α₀).
     warm_start: α begins at ``warm_start · learning_rate`` and climbs on
       its hypergradient (1 starts at the given rate).
     momentum_bounds: Ω for β.
@@ -671,7 +673,7 @@ def ae_adam(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9,
     b2: initial β2.
     eps: initial ε.
     sigma: initial parameter-noise σ (``None`` or 0: no noise).
-    learning_rate_bounds: Ω for α (default: 1e-6 α₀ to 1e4 α₀).
+    learning_rate_bounds: Ω for α (default: 1e-6 α₀ to 1e5 α₀).
     warm_start: α begins at ``warm_start · learning_rate`` and climbs on
       its hypergradient (1 starts at the given rate).
     sigma_bounds: Ω for σ when σ > 0.
@@ -710,7 +712,7 @@ def ae_adamw(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9,
     weight_decay: initial λ (decoupled, as in ``optax.adamw``); 0 keeps it
       at 0.
     sigma: initial parameter-noise σ (``None`` or 0: no noise).
-    learning_rate_bounds: Ω for α (default: 1e-6 α₀ to 1e4 α₀).
+    learning_rate_bounds: Ω for α (default: 1e-6 α₀ to 1e5 α₀).
     warm_start: α begins at ``warm_start · learning_rate`` and climbs on
       its hypergradient (1 starts at the given rate).
     weight_decay_bounds: Ω for λ (default: 1e-2 λ₀ to 1e2 λ₀).

@@ -166,12 +166,12 @@ def test_initial_values_are_the_arguments():
   c = ae.coefficients(ae.ae_adamw(3e-4, warm_start=1.0, **args).init(PARAMS))
   np.testing.assert_allclose([c[n] for n in order],
                              [3e-4, 0.8, 0.99, 1e-6, 1e-3, 0.0], rtol=1e-5)
-  # Ω of α is the given rate times [1e-6, 1e4], its anchor the given rate;
+  # Ω of α is the given rate times [1e-6, 1e5], its anchor the given rate;
   # a warm start below an explicit Ω starts on its floor.
   (lr,) = [s for s in ae.presets.adamw_coefficients(3e-4, **args)
            if s.name == "learning_rate"]
   np.testing.assert_allclose([lr.init, lr.lower, lr.upper, lr.anchor],
-                             [3e-7, 3e-10, 3.0, 3e-4], rtol=1e-12)
+                             [3e-7, 3e-10, 30.0, 3e-4], rtol=1e-12)
   c = ae.coefficients(ae.ae_adamw(3e-4, learning_rate_bounds=(1e-5, 1e-3),
                                   **args).init(PARAMS))
   np.testing.assert_allclose(c["learning_rate"], 1e-5, rtol=1e-5)
