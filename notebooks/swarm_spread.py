@@ -21,8 +21,11 @@
 # anchor, `self_tuning_family(leak=0)`, the law brings every member within a
 # factor of 2-10 of one rate in ~50 steps). After each round the members are ranked on a
 # validation set; rank selection `w = softmax(-β r/(M-1))` moves the next
-# round's step budgets toward the best members (whatever the loss scale),
-# and the coefficients are nudged toward their weighted mean. At the end the
+# round's step budgets toward the best members (whatever the loss scale).
+# The consensus step κ, which nudges the coefficients toward their weighted
+# mean, is off by default: on this case's tuning seeds every κ tried cost
+# validation loss (`benchmarks/swarm_beta.py`); the last plot shows what
+# κ = 0.05 does to the rates. At the end the
 # swarm is compared, at equal total steps, with the best of the same
 # members trained independently, with PBT and with Optuna
 # (`ae-jax swarm --spread` runs the full comparison; this is a small
@@ -42,24 +45,32 @@ hp = swarm_spread.starts("rates", pop_size)
 hp["learning_rate"]
 
 # %% [markdown]
-# ## The swarm's rounds: budgets flow, coefficients agree
+# ## The swarm's rounds: budgets flow; with κ > 0, coefficients agree
 
 # %%
 family = swarm.self_tuning_family()
 total = pop_size * steps // rounds
-cfg = swarm.SwarmConfig(pop_size=pop_size, rounds=rounds, total_steps=total,
-                        min_steps=total // (4 * pop_size), beta=2.0,
-                        selection="rank", kappa=0.05, mode="chunked",
-                        batch_size=task.batch_size)
 key = jax.random.PRNGKey(0)
-pop = swarm.init_population(key, task.init_params, family,
-                            {k: np.asarray(v) for k, v in hp.items()})
-pop, history = swarm.run(cfg, family, task.loss_fn, pop, task.data, key,
-                         progress=False)
+
+
+def run_swarm(kappa):
+  # SwarmConfig's defaults: rank selection at β = 1, no consensus (κ = 0).
+  cfg = swarm.SwarmConfig(pop_size=pop_size, rounds=rounds,
+                          total_steps=total, min_steps=total // (4 * pop_size),
+                          kappa=kappa, mode="chunked",
+                          batch_size=task.batch_size)
+  pop = swarm.init_population(key, task.init_params, family,
+                              {k: np.asarray(v) for k, v in hp.items()})
+  return swarm.run(cfg, family, task.loss_fn, pop, task.data, key,
+                   progress=False)[1]
+
+
+history = run_swarm(swarm.SwarmConfig.kappa)
+pulled = run_swarm(0.05)
 print(history.table())
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
 r = np.arange(1, rounds + 1)
 axes[0].plot(r, history.scores, "-o", ms=3)
 axes[0].set(title="validation loss per member", xlabel="round",
@@ -67,8 +78,11 @@ axes[0].set(title="validation loss per member", xlabel="round",
 axes[1].stackplot(r, history.budgets.T)
 axes[1].set(title="budget flow (steps per member)", xlabel="round")
 axes[2].plot(r, history.coefficients["learning_rate"], "-o", ms=3)
-axes[2].set(title="α per member after the consensus", xlabel="round",
+axes[2].set(title="α per member (κ = 0, the default)", xlabel="round",
             yscale="log")
+axes[3].plot(r, pulled.coefficients["learning_rate"], "-o", ms=3)
+axes[3].set(title="α per member after a consensus of κ = 0.05",
+            xlabel="round", yscale="log")
 fig.tight_layout()
 
 # %% [markdown]

@@ -154,6 +154,23 @@ def test_beta_sweep_report_picks_the_point_best_on_every_pair():
   assert SB.report(tasks, settings, seeds, {})[1] is None
 
 
+def test_defaults_are_the_point_the_committed_beta_sweep_chose():
+  # SwarmConfig's (β, κ) are the spread case's measured choice: the
+  # committed cache of benchmarks/swarm_beta.py (the shipped member family,
+  # tuning seeds) must pick them on the primary reading.
+  import json
+  from benchmarks import swarm_beta as SB
+  cache = json.loads(SB.CACHE.read_text())
+  _, best = SB.report(swarm_spread.TASKS, swarm_spread.SETTINGS,
+                      SB.TUNING_SEEDS, cache)
+  assert best == (swarm.SwarmConfig.beta, swarm.SwarmConfig.kappa)
+  assert (swarm_spread.DEFAULT_BETA, swarm_spread.DEFAULT_KAPPA) == best
+  # The reference example keeps the reference's raw selection, β 5, κ 0.05.
+  from ae_jax.bench import swarm_demo
+  ref = swarm_demo.configs()["swarm"]
+  assert (ref.selection, ref.beta, ref.kappa) == ("raw", 5.0, 0.05)
+
+
 def test_throughput_benchmark_times_its_modes_in_interleaved_rounds():
   # benchmarks/swarm.py: every round times each mode once (a slow spell of
   # the machine hits all modes alike), each figure the best over rounds.

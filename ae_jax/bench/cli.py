@@ -130,7 +130,8 @@ def _run_spread(args: argparse.Namespace) -> int:
         tasks=args.tasks.split(","), settings=args.settings.split(","),
         seeds=range(args.seeds),
         beta=swarm_spread.DEFAULT_BETA if args.beta is None else args.beta,
-        kappa=args.kappa, **kw,
+        kappa=swarm_spread.DEFAULT_KAPPA if args.kappa is None
+        else args.kappa, **kw,
         log=None if args.no_progress else print)
   except ValueError as e:
     print(f"ae-jax swarm --spread: {e}", file=sys.stderr)
@@ -162,7 +163,8 @@ def _run_swarm(args: argparse.Namespace) -> int:
         pop_size=args.pop_size, rounds=args.rounds,
         total_steps=args.total_steps, min_steps=args.min_steps,
         beta=swarm_demo.REFERENCE_BETA if args.beta is None else args.beta,
-        kappa=args.kappa,
+        kappa=swarm_demo.REFERENCE_KAPPA if args.kappa is None
+        else args.kappa,
         batch_size=args.batch_size,
         hidden=args.hidden)
   except ValueError as e:
@@ -210,9 +212,10 @@ def _add_swarm(subparsers) -> None:
                  help="budget floor B_min (default: total-steps / 10)")
   p.add_argument("--beta", type=float, default=None,
                  help="selection temperature (default: 5, the reference's; "
-                      "--spread: 2, chosen by benchmarks/swarm_beta.py)")
-  p.add_argument("--kappa", type=_fraction, default=0.05,
-                 help="consensus step (default: %(default)s)")
+                      "--spread: 1, chosen by benchmarks/swarm_beta.py)")
+  p.add_argument("--kappa", type=_fraction, default=None,
+                 help="consensus step (default: 0.05, the reference's; "
+                      "--spread: 0, chosen by benchmarks/swarm_beta.py)")
   p.add_argument("--batch-size", type=_positive_int, default=128,
                  help="minibatch size (default: %(default)s)")
   p.add_argument("--hidden", type=_positive_int, default=256,

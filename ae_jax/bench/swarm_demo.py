@@ -31,11 +31,13 @@ from ae_jax.bench.demo import t_interval
 METHODS = ("swarm", "ae-independent", "adamw")
 # The reference example's selection temperature (with its raw selection).
 REFERENCE_BETA = 5.0
+# The reference example's consensus step.
+REFERENCE_KAPPA = 0.05
 
 
 def configs(*, pop_size: int = 4, rounds: int = 6, total_steps: int = 4000,
             min_steps: int | None = None, beta: float = REFERENCE_BETA,
-            kappa: float = 0.05, batch_size: int = 128
+            kappa: float = REFERENCE_KAPPA, batch_size: int = 128
             ) -> dict[str, swarm.SwarmConfig]:
   """The three methods' configurations (``min_steps`` defaults to a tenth
   of ``total_steps``, the reference's 400 of 4000)."""
