@@ -45,7 +45,7 @@ from ae_jax import swarm
 from ae_jax.bench import swarm_spread
 
 # The grid of the anchored members' tuning (2026-12-07); the first tuning's
-# β = 5 … 50 and κ = 0.2, 0.5 lost everywhere (RESULTS.md) and are left out.
+# β = 5 … 50 and κ = 0.2, 0.5 lost on the geo-mean (RESULTS.md) and are left out.
 BETAS = (0.0, 1.0, 2.0, 4.0)
 KAPPAS = (0.0, 0.05)
 TUNING_SEEDS = (100, 101, 102)

@@ -23,8 +23,8 @@
 # validation set; rank selection `w = softmax(-β r/(M-1))` moves the next
 # round's step budgets toward the best members (whatever the loss scale).
 # The consensus step κ, which nudges the coefficients toward their weighted
-# mean, is off by default: on this case's tuning seeds every κ tried cost
-# validation loss (`benchmarks/swarm_beta.py`); the last plot shows what
+# mean, is off by default: on this case's tuning seeds κ = 0.05 cost
+# validation loss at every β tried (`benchmarks/swarm_beta.py`); the last plot shows what
 # κ = 0.05 does to the rates. At the end the
 # swarm is compared, at equal total steps, with the best of the same
 # members trained independently, with PBT and with Optuna

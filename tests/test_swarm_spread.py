@@ -164,11 +164,34 @@ def test_defaults_are_the_point_the_committed_beta_sweep_chose():
   _, best = SB.report(swarm_spread.TASKS, swarm_spread.SETTINGS,
                       SB.TUNING_SEEDS, cache)
   assert best == (swarm.SwarmConfig.beta, swarm.SwarmConfig.kappa)
-  assert (swarm_spread.DEFAULT_BETA, swarm_spread.DEFAULT_KAPPA) == best
   # The reference example keeps the reference's raw selection, β 5, κ 0.05.
   from ae_jax.bench import swarm_demo
   ref = swarm_demo.configs()["swarm"]
   assert (ref.selection, ref.beta, ref.kappa) == ("raw", 5.0, 0.05)
+
+
+def test_cli_gives_each_swarm_mode_its_own_defaults(monkeypatch):
+  # `ae-jax swarm --spread` runs the measured (β, κ); `ae-jax swarm` the
+  # reference example's; an explicit --beta / --kappa wins in both.
+  from ae_jax.bench import swarm_demo
+  seen = {}
+
+  def fake_spread(**kw):
+    seen["spread"] = (kw["beta"], kw["kappa"])
+    raise ValueError("stop")  # the CLI reports it and returns 2
+
+  def fake_reference(**kw):
+    seen["reference"] = (kw["beta"], kw["kappa"])
+
+  monkeypatch.setattr(swarm_spread, "compare_figures", fake_spread)
+  monkeypatch.setattr(swarm_demo, "run_example", fake_reference)
+  assert cli.main(["swarm", "--spread", "--no-progress"]) == 2
+  assert seen["spread"] == (swarm.SwarmConfig.beta, swarm.SwarmConfig.kappa)
+  assert cli.main(["swarm", "--no-progress"]) == 0
+  assert seen["reference"] == (5.0, 0.05)
+  cli.main(["swarm", "--spread", "--beta", "3", "--kappa", "0.2"])
+  cli.main(["swarm", "--beta", "3", "--kappa", "0.2"])
+  assert seen["spread"] == seen["reference"] == (3.0, 0.2)
 
 
 def test_throughput_benchmark_times_its_modes_in_interleaved_rounds():

@@ -10,8 +10,8 @@ initialisation (per seed) and the same data:
 
 * ``swarm``: AE-Swarm of self-tuning AE-AdamW members, each anchored at
   its own starting rate (:func:`ae_jax.swarm.self_tuning_family`), rank
-  selection, budgets moved toward the best members, consensus of the
-  coefficients;
+  selection, budgets moved toward the best members (no coefficient
+  consensus by default: κ = 0);
 * ``ae-independent``: the same members trained ``steps`` each, no
   selection, no consensus — (a) the best of M independent AE runs;
 * ``optuna``: Optuna's TPE over the same ranges with a successive-halving
