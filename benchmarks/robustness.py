@@ -307,6 +307,20 @@ def summary_rows(table, groups, methods):
   return rows, cols, sums
 
 
+def per_task_rows(table, tasks, methods):
+  """Rows of figure (b) per task (the geometric mean of that task's seven
+  cells) and columns: which tasks carry each method's overall figure, the
+  geometric mean of these when every task has the same number of cells."""
+  rows = []
+  for m in methods:
+    row = {"method": m}
+    for t in tasks:
+      c = table[t].get(m)
+      row[t] = "—" if c is None else _fmt_ratio(geo_mean(c["ratio"]))
+    rows.append(row)
+  return rows, ["method", *tasks]
+
+
 def heatmap(table, tasks, methods, path) -> str:
   """One panel per method: tasks x starts, colour log10(ratio to the best),
   a dot where the median final metric reaches the target."""
@@ -410,6 +424,11 @@ def markdown(table, tasks, methods, built, records, groups, seeds, profile,
       f"{', '.join(TUNING_TASKS)}; every other task is held out.",
       report.markdown_table(rows, cols),
       f"![robustness heat map]({os.path.relpath(fig_path, RESULTS_MD.parent)})",
+      "Figure (b) per task: the geometric mean of the ratio over the task's "
+      "7 cells (every task has 7, so a method's figure over a group is the "
+      "geometric mean of its tasks' values; a cell at the cap costs a "
+      f"task {RATIO_CAP:g}^(1/7) = {RATIO_CAP ** (1 / 7):.3g}×):",
+      report.markdown_table(*per_task_rows(table, tasks, methods)),
       "Start knobs (`OptSpec.start_name` / `start_grid` in "
       "`ae_jax/bench/optimizers.py`):",
       report.markdown_table(knob_rows, ("method", "start knob", "default",

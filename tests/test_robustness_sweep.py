@@ -83,6 +83,19 @@ def test_summary_over_tasks_and_groups(quad):
   assert RB.group_of("drift_regression") == "held-out"
 
 
+def test_per_task_figure_is_each_tasks_geo_mean_and_composes(quad):
+  c1 = {"A": {"reached": np.array([True, False]), "ratio": np.array([1., 4.])},
+        "B": {"reached": np.array([True, True]), "ratio": np.array([1., 1.])}}
+  c2 = {"A": {"reached": np.array([True, True]), "ratio": np.array([2., 8.])}}
+  rows, cols = RB.per_task_rows({"x": c1, "y": c2}, ["x", "y"], ["A", "B"])
+  assert cols == ["method", "x", "y"]
+  assert rows[0] == {"method": "A", "x": "2", "y": "4"}
+  assert rows[1] == {"method": "B", "x": "1", "y": "—"}
+  # Equal cells per task: the overall figure is the tasks' geometric mean.
+  overall = RB.summarize({"x": c1, "y": c2}, ["x", "y"])["A"][2]
+  assert overall == pytest.approx((2 * 4) ** 0.5)
+
+
 def test_default_tasks_pick_up_drift_tasks():
   names = RB.default_tasks()
   assert names[:len(RB.BASE_TASKS)] == list(RB.BASE_TASKS)
