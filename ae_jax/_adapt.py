@@ -714,18 +714,23 @@ def _lower_rate(w: _Wiring, cstate, ceiling):
                          values=type(cstate.values)(values))
 
 
+def _check_value(value) -> None:
+  """The loss an AE update reads: required, and a scalar."""
+  if value is None:
+    raise TypeError(
+        "this ae_jax optimizer's update requires the loss as the keyword "
+        "argument `value`, e.g. tx.update(grads, state, params, value=loss)")
+  if jnp.ndim(value) != 0:
+    raise TypeError(f"`value` must be the scalar loss, got shape "
+                    f"{jnp.shape(value)}")
+
+
 def _update_fn(w: _Wiring):
   inner_update = optax.with_extra_args_support(w.inner).update
 
   def update_fn(updates, state: AdaptState, params=None, *, value=None,
                 reward=None, **extra_args):
-    if value is None:
-      raise TypeError(
-          "this ae_jax optimizer's update requires the loss as the keyword "
-          "argument `value`, e.g. tx.update(grads, state, params, value=loss)")
-    if jnp.ndim(value) != 0:
-      raise TypeError(f"`value` must be the scalar loss, got shape "
-                      f"{jnp.shape(value)}")
+    _check_value(value)
     dtype = state.controller.energy.dtype
     grads = sanitize(updates, w.inf_value, _overflow_bound(updates, dtype))
     state = state._replace(controller=_adopt_overrides(

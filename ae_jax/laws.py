@@ -917,22 +917,9 @@ def hypergradient(coefficient: str = "learning_rate", *,
                  shrink=shrink, min_gain=min_gain,
                  reversal_weight=reversal_weight,
                  progress_weight=progress_weight)
-  progress_reset = _checked_reset(progress_reset)
-  if progress_gate is not None:
-    _check_progress_gate(progress_gate, progress_decays)
-  elif horizon:
-    raise ValueError("ae_jax.laws.hypergradient: horizon=True reads the "
-                     "long-horizon ρ while the loss falls and needs a "
-                     "progress_gate to say when; got progress_gate=None")
-  if (isinstance(overshoot_steps, bool)
-      or not isinstance(overshoot_steps, (int, np.integer))
-      or overshoot_steps < 1):
-    raise ValueError(f"ae_jax.laws.hypergradient: overshoot_steps must be an "
-                     f"integer >= 1, got {overshoot_steps!r}")
-  overshoot_steps = int(overshoot_steps)
-  if alternation is not None and not 0.0 < float(alternation) <= 1.0:
-    raise ValueError(f"ae_jax.laws.hypergradient: alternation must be in "
-                     f"(0, 1] or None, got {alternation!r}")
+  progress_reset, overshoot_steps = _checked_hypergradient_options(
+      progress_gate, progress_decays, progress_reset, horizon,
+      overshoot_steps, alternation)
 
   def init_fn(params):
     _check_names("hypergradient", [coefficient], params)
@@ -994,6 +981,30 @@ def hypergradient(coefficient: str = "learning_rate", *,
     return _add(updates, coefficient, state.gain * h), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _checked_hypergradient_options(progress_gate, progress_decays,
+                                   progress_reset, horizon, overshoot_steps,
+                                   alternation):
+  """Validates :func:`hypergradient`'s gate, horizon, overshoot and
+  alternation options at construction; returns the checked
+  ``(progress_reset, overshoot_steps)``."""
+  progress_reset = _checked_reset(progress_reset)
+  if progress_gate is not None:
+    _check_progress_gate(progress_gate, progress_decays)
+  elif horizon:
+    raise ValueError("ae_jax.laws.hypergradient: horizon=True reads the "
+                     "long-horizon ρ while the loss falls and needs a "
+                     "progress_gate to say when; got progress_gate=None")
+  if (isinstance(overshoot_steps, bool)
+      or not isinstance(overshoot_steps, (int, np.integer))
+      or overshoot_steps < 1):
+    raise ValueError(f"ae_jax.laws.hypergradient: overshoot_steps must be an "
+                     f"integer >= 1, got {overshoot_steps!r}")
+  if alternation is not None and not 0.0 < float(alternation) <= 1.0:
+    raise ValueError(f"ae_jax.laws.hypergradient: alternation must be in "
+                     f"(0, 1] or None, got {alternation!r}")
+  return progress_reset, int(overshoot_steps)
 
 
 def _read_rho(state: HypergradientState, signals, weight, stalled,
