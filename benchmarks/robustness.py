@@ -308,9 +308,9 @@ def summary_rows(table, groups, methods):
 
 
 def per_task_rows(table, tasks, methods):
-  """Rows of figure (b) per task (the geometric mean of that task's seven
-  cells) and columns: which tasks carry each method's overall figure, the
-  geometric mean of these when every task has the same number of cells."""
+  """``(rows, columns)`` of figure (b) per task: each method's geometric
+  mean over the task's cells, so the table shows which tasks carry the
+  overall figure (their geometric mean when every task has as many cells)."""
   rows = []
   for m in methods:
     row = {"method": m}

@@ -51,6 +51,8 @@ hp["learning_rate"]
 family = swarm.self_tuning_family()
 total = pop_size * steps // rounds
 key = jax.random.PRNGKey(0)
+pop = swarm.init_population(key, task.init_params, family,
+                            {k: np.asarray(v) for k, v in hp.items()})
 
 
 def run_swarm(kappa):
@@ -59,8 +61,6 @@ def run_swarm(kappa):
                           total_steps=total, min_steps=total // (4 * pop_size),
                           kappa=kappa, mode="chunked",
                           batch_size=task.batch_size)
-  pop = swarm.init_population(key, task.init_params, family,
-                              {k: np.asarray(v) for k, v in hp.items()})
   return swarm.run(cfg, family, task.loss_fn, pop, task.data, key,
                    progress=False)[1]
 

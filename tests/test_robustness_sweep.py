@@ -83,7 +83,7 @@ def test_summary_over_tasks_and_groups(quad):
   assert RB.group_of("drift_regression") == "held-out"
 
 
-def test_per_task_figure_is_each_tasks_geo_mean_and_composes(quad):
+def test_per_task_figure_is_each_tasks_geo_mean_and_composes():
   c1 = {"A": {"reached": np.array([True, False]), "ratio": np.array([1., 4.])},
         "B": {"reached": np.array([True, True]), "ratio": np.array([1., 1.])}}
   c2 = {"A": {"reached": np.array([True, True]), "ratio": np.array([2., 8.])}}
