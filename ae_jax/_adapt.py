@@ -277,13 +277,27 @@ def sanitize(grads, inf_value=0.0, bound=None):
   With ``inf_value=0`` (every preset's) an entry beyond the bound becomes 0
   as an infinite one does: it carries no usable size (the statistics still
   read it as ``±bound``, so the brake or the skip sees it), and the test
-  is one compare and one select per entry, fused into each of the base's
-  passes, where the general form costs seven (measured: 1.15 → 0.80 ms per
-  step of ``ae_adamw`` at 1M parameters).
+  is a square, a compare and a select per entry, fused into each of the
+  base's passes, where the general form costs seven (measured: 1.15 → 0.80
+  ms per step of ``ae_adamw`` at 1M parameters).
   """
   if float(inf_value) == 0.0:
     def clean(g):
-      keep = jnp.isfinite(g) if bound is None else jnp.abs(g) <= bound
+      if not jnp.issubdtype(g.dtype, jnp.floating):
+        return g
+      top = float(jnp.finfo(g.dtype).max)
+      if bound is None or bound >= top:
+        # A bound the dtype cannot hold (float16 under a float32 bound)
+        # would read as inf and let ±inf through.
+        keep = jnp.isfinite(g)
+      elif bound * bound <= top:
+        # g² ≤ bound² is the same test as |g| ≤ bound (NaN and ±inf fail
+        # it, and so does an entry whose square overflows); XLA:CPU
+        # compiles it faster in each leaf's fusions than a select keyed
+        # on abs(g) (ae_adamw at 50 leaves: ~0.6 s of ~6.5; RESULTS.md).
+        keep = g * g <= jnp.asarray(bound * bound, g.dtype)
+      else:
+        keep = jnp.abs(g) <= bound
       return jnp.where(keep, g, jnp.zeros((), g.dtype))
   else:
     def clean(g):

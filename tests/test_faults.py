@@ -109,6 +109,39 @@ def test_sanitize_zeroes_what_carries_no_usable_size():
   np.testing.assert_array_equal(sanitize(g, 5.0, bound=1e9),
                                 [1.5, -2.0, 0, 5, -5, 1e9, -1e9])
   assert sanitize(g.astype(jnp.bfloat16), 0.0, bound=1e9).dtype == jnp.bfloat16
+  # At the presets' bound the test runs as g² ≤ bound²: an entry whose
+  # square overflows float32 (3e19) still fails it, one just inside passes.
+  bound = 1.5e19
+  big = jnp.array([1.4e19, -1.4e19, 1.6e19, 3e19, -3e30, jnp.nan], jnp.float32)
+  np.testing.assert_array_equal(sanitize(big, 0.0, bound=bound),
+                                np.float32([1.4e19, -1.4e19, 0, 0, 0, 0]))
+  # A bound whose square overflows is read as |g| ≤ bound.
+  expected = np.array(big * 10)
+  expected[3:] = 0  # 3e20, -3e31 and NaN
+  np.testing.assert_array_equal(sanitize(big * 10, 0.0, bound=2e20), expected)
+  # A bound beyond the dtype's range (float16 under a float32 bound, as a
+  # preset's is for float16 gradients) still zeroes ±inf and NaN.
+  half = jnp.array([300.0, -300.0, jnp.inf, -jnp.inf, jnp.nan], jnp.float16)
+  np.testing.assert_array_equal(sanitize(half, 0.0, bound=1e9),
+                                [300.0, -300.0, 0, 0, 0])
+
+
+@pytest.mark.parametrize("name", ["ae_sgdm", "ae_adam"])
+def test_an_inf_entry_of_a_float16_gradient_never_reaches_the_parameters(name):
+  # The presets' bound is the float32 statistics' (~1e18), beyond float16's
+  # range: compared in float16 it read as inf and let ±inf through (the
+  # parameters and Adam's moments became inf/NaN at the first such step).
+  params = {"w": jnp.ones((4,), jnp.float16)}
+  tx = getattr(ae, name)()
+  state = tx.init(params)
+  grads = {"w": jnp.array([1.0, jnp.inf, -1.0, 0.5], jnp.float16)}
+  updates, state = jax.jit(
+      lambda g, s, p: tx.update(g, s, p, value=jnp.float32(1.0)))(
+          grads, state, params)
+  assert bool(jnp.all(jnp.isfinite(optax.apply_updates(params, updates)["w"])))
+  for leaf in jax.tree.leaves(state):
+    if jnp.issubdtype(leaf.dtype, jnp.floating):
+      assert bool(jnp.all(jnp.isfinite(leaf)))
 
 
 @pytest.mark.parametrize("name", ["ae_sgdm", "ae_adam", "ae_adamw"])
