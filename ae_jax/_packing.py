@@ -40,7 +40,7 @@ class Layout(NamedTuple):
   groups: tuple
 
 
-def _is_concrete(buffers) -> bool:
+def is_concrete(buffers) -> bool:
   return not any(isinstance(b, jax.core.Tracer) for b in buffers)
 
 
@@ -102,10 +102,38 @@ def pack(tree, batch_ndim: int = 0) -> tuple[Layout, tuple]:
   every leaf are batch dimensions, kept in front of the packed axis."""
   leaves, treedef = jax.tree_util.tree_flatten(tree)
   layout = _layout(leaves, treedef, batch_ndim)
-  if _is_concrete(leaves):
+  if is_concrete(leaves):
     # One dispatch instead of one per leaf (outside jit: init, _replace).
     return layout, _jitted_concat(layout, batch_ndim)(leaves)
   return layout, _concat(layout, leaves, batch_ndim)
+
+
+def repack(layout: Layout, buffers, old_leaves, tree, batch_ndim: int = 0):
+  """The buffers of ``tree`` written over ``buffers``, or None.
+
+  ``old_leaves`` are the leaves ``buffers`` hold; a leaf of ``tree`` that
+  is one of them (the same object) is left in place, each other one is
+  written at its offset (an in-place ``dynamic_update_slice``). Inside a
+  jitted step this is what a ``_replace`` of a few fields should cost:
+  packing the whole tree again is a chain of selects over every field,
+  which XLA:CPU copies into each consumer's fusion (every leaf's update,
+  when a coefficient is changed after the controller step). None when
+  ``tree``'s layout is not ``layout`` (the caller packs it afresh).
+  """
+  leaves, treedef = jax.tree_util.tree_flatten(tree)
+  if (treedef != layout.treedef
+      or _layout(leaves, treedef, batch_ndim) != layout):
+    return None
+  by_group = dict(zip(layout.groups, buffers))
+  for new, old, (group, offset, shape) in zip(leaves, old_leaves,
+                                              layout.leaves):
+    if new is old:
+      continue
+    b = by_group[group]
+    part = jnp.asarray(new, group).reshape(b.shape[:-1] + (math.prod(shape),))
+    by_group[group] = jax.lax.dynamic_update_slice_in_dim(b, part, offset,
+                                                          axis=-1)
+  return tuple(by_group[g] for g in layout.groups)
 
 
 def _unpack(layout: Layout, buffers):
@@ -126,6 +154,6 @@ def _jitted_unpack(layout: Layout):
 def unpack(layout: Layout, buffers):
   """The tree that :func:`pack` packed (batch dimensions included)."""
   buffers = tuple(buffers)
-  if _is_concrete(buffers) and all(isinstance(b, jax.Array) for b in buffers):
+  if is_concrete(buffers) and all(isinstance(b, jax.Array) for b in buffers):
     return _jitted_unpack(layout)(buffers)
   return _unpack(layout, buffers)
