@@ -190,6 +190,19 @@ def test_sampled_statistics_are_close_to_exact_and_unbiased():
   np.testing.assert_allclose(float(rho(one)), float(rho(exact)), atol=0.05)
 
 
+def test_many_small_leaves_take_the_exact_path():
+  # 100,000 entries, over the presets' sample budget, in leaves no larger
+  # than one block: a sample would read every entry, so there is none.
+  leaf = measurement.SAMPLE_BLOCK
+  small = {f"w{i}": jnp.ones((leaf,)) for i in range(100_000 // leaf)}
+  assert measurement.sample_plan(small, 2**16) is None
+  state = ae.ae_adamw(1e-3).init(small)
+  assert not isinstance(state.phase_ref, measurement.PhaseSample)
+  # One leaf beyond a block brings the blocks back.
+  assert measurement.sample_plan(
+      dict(small, big=jnp.ones(measurement.SAMPLE_BLOCK + 1)), 2**16) is not None
+
+
 def test_sampled_blocks_cover_the_edges_of_a_leaf():
   # All the mass at the two ends: blocks that never wrap would miss it.
   leaf = jnp.zeros(4000).at[:8].set(10.0).at[-8:].set(10.0)
