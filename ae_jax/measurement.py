@@ -507,19 +507,22 @@ def sample_plan(grads, budget: int) -> tuple[int, ...] | None:
   """Blocks per leaf for an element ``budget``; 0 keeps a leaf whole.
 
   Returns None (the statistics are then exact) when the pytree has no more
-  than ``budget`` elements, or when no leaf is larger than one block: every
-  leaf would be kept whole, so the sample would read every entry anyway,
-  and the exact path reads them without keeping a copy of the reference
-  (many small leaves: ``ae_adamw`` at 2,000 leaves of 128 entries compiled
-  in 36 s instead of 44; RESULTS.md, "Compile time").
+  than ``budget`` elements, or when the sample would read as many entries
+  as the pytree has (many leaves of a few blocks each, or none larger than
+  a block, every leaf then kept whole): the exact path reads them without
+  keeping a copy of the reference or gathering blocks (RESULTS.md,
+  "Compile time": 2,000 leaves of 128 entries).
   """
   leaves = jax.tree.leaves(grads)
   size = sum(x.size for x in leaves)
-  if size <= budget or all(x.size <= SAMPLE_BLOCK for x in leaves):
+  if size <= budget:
     return None
-  return tuple(0 if x.size <= SAMPLE_BLOCK else
+  plan = tuple(0 if x.size <= SAMPLE_BLOCK else
                max(1, -(-budget * x.size // (size * SAMPLE_BLOCK)))
                for x in leaves)
+  read = sum(x.size if b == 0 else b * SAMPLE_BLOCK
+             for x, b in zip(leaves, plan))
+  return None if read >= size else plan
 
 
 def draw_starts(key, grads, plan) -> tuple:

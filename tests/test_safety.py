@@ -198,9 +198,13 @@ def test_many_small_leaves_take_the_exact_path():
   assert measurement.sample_plan(small, 2**16) is None
   state = ae.ae_adamw(1e-3).init(small)
   assert not isinstance(state.phase_ref, measurement.PhaseSample)
-  # One leaf beyond a block brings the blocks back.
-  assert measurement.sample_plan(
-      dict(small, big=jnp.ones(measurement.SAMPLE_BLOCK + 1)), 2**16) is not None
+  # Leaves of 1,500 entries, 90,000 in all: the budget gives each two
+  # (wrapping) blocks, 2,048 reads of 1,500 entries, so exact too.
+  over = {f"w{i}": jnp.ones((1500,)) for i in range(60)}
+  assert measurement.sample_plan(over, 2**16) is None
+  # One large leaf brings the blocks back.
+  assert measurement.sample_plan(dict(small, big=jnp.ones(200_000)),
+                                 2**16) is not None
 
 
 def test_sampled_blocks_cover_the_edges_of_a_leaf():
