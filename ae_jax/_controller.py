@@ -166,18 +166,18 @@ class ControllerState:
     unknown = set(changes) - set(_STATE_FIELDS)
     if unknown:
       raise ValueError(f"ControllerState has no fields {sorted(unknown)}")
-    fields = self._asdict()
+    fields = {**self._asdict(), **changes}
     if not packing.is_concrete(self._buffers):
       # Traced (inside a step): write only the changed leaves.
-      new = tuple({**fields, **changes}[f] for f in _STATE_FIELDS)
+      new = tuple(fields[f] for f in _STATE_FIELDS)
       buffers = packing.repack(
-          self._layout, self._buffers, jax.tree.leaves(tuple(fields.values())),
+          self._layout, self._buffers, jax.tree.leaves(self._unpacked()),
           new, batch_ndim=jnp.ndim(new[0]))
       if buffers is not None:
         obj = ControllerState._from_buffers(self._layout, buffers)
         obj._fields_cache = new
         return obj
-    return ControllerState(**{**fields, **changes})
+    return ControllerState(**fields)
 
   def __repr__(self):
     if not all(hasattr(b, "shape") and jnp.ndim(b) >= 1
