@@ -598,8 +598,8 @@ def _init_fn(w: _Wiring):
       starts = measurement.draw_starts(jax.random.fold_in(key, 1), params,
                                        plan)
       zeros = jax.tree.map(jnp.zeros_like, params)
-      phase_ref = measurement.PhaseSample(
-          starts, measurement.take_blocks(zeros, starts))
+      phase_ref = measurement.PhaseSample(starts, measurement.take_blocks(
+          zeros, measurement.leaf_starts(starts, plan)))
     elif w.momentum_field:
       phase_ref = ()
     else:
@@ -634,7 +634,7 @@ def _statistics(w: _Wiring, raw, grads, state: AdaptState, plan, dtype):
   horizon = None if w.horizon is None else state.displacement
   if plan is not None:
     return measurement.sampled_gradient_stats(
-        raw, state.phase_ref, dtype=dtype, inf_value=w.inf_value,
+        raw, state.phase_ref, plan, dtype=dtype, inf_value=w.inf_value,
         horizon=horizon)
   if not w.momentum_field:
     return measurement.gradient_stats(raw, state.phase_ref, dtype,
@@ -655,7 +655,8 @@ def _next_phase_ref(w: _Wiring, inner_state, grads, plan, key):
   if plan is None:
     return () if w.momentum_field else grads
   starts = measurement.draw_starts(key, grads, plan)
-  take = lambda tree: measurement.take_blocks(tree, starts)
+  per_leaf = measurement.leaf_starts(starts, plan)
+  take = lambda tree: measurement.take_blocks(tree, per_leaf)
   if not w.momentum_field:
     return measurement.PhaseSample(starts, take(grads))
   # The blocks are taken from the moments before Adam's division, so that

@@ -380,6 +380,26 @@ def adam_direction(m, nu, eps):
   return m / (jnp.sqrt(nu) + jnp.asarray(eps, nu.dtype))
 
 
+def _element_weights(pairs, dtype):
+  """Each concatenated element's extrapolation scale, for ``pairs`` that
+  list every scaled leaf before the unscaled ones; None when all are 1.
+
+  The scaled part is cut into equal units (a sampled block each) and the
+  weight read from a table of one scale per unit: one fusion, where a
+  broadcast per leaf concatenated added a kernel per leaf to the step."""
+  sizes = [g.size for g, _, scale in pairs if scale != 1.0]
+  if not sizes:
+    return None
+  unit = math.gcd(*sizes)
+  table = np.concatenate([np.full(g.size // unit, scale)
+                          for g, _, scale in pairs if scale != 1.0])
+  index = lax.iota(jnp.int32, sum(g.size for g, _, _ in pairs))
+  scaled = index < sum(sizes)
+  unit_index = jnp.minimum(index // unit, table.size - 1)
+  return jnp.where(scaled, jnp.asarray(table, dtype)[unit_index],
+                   jnp.ones([], dtype))
+
+
 def _concatenated_stats(pairs, dtype, inf_value, bound, horizons=None,
                         second=None):
   """The sums of :func:`_leaf_sums` over all ``pairs`` at once, each
@@ -388,13 +408,21 @@ def _concatenated_stats(pairs, dtype, inf_value, bound, horizons=None,
   ``second = (nu leaves, eps)`` the reference read is Adam's direction
   m / (√ν + ε), computed on the concatenated vectors: a per-leaf division
   would be one more kernel per leaf, and compile time grows with kernels."""
+  # Scaled leaves (sampled blocks) first, for _element_weights; the sums do
+  # not depend on the order.
+  order = sorted(range(len(pairs)), key=lambda i: pairs[i][2] == 1.0)
+  pairs = [pairs[i] for i in order]
+  if horizons is not None:
+    horizons = [horizons[i] for i in order]
+  if second is not None:
+    second = ([second[0][i] for i in order], second[1])
   g = jnp.concatenate([_flat(g).astype(dtype) for g, _, _ in pairs])
-  weight = jnp.concatenate([jnp.full([x.size], scale, dtype)
-                            for x, _, scale in pairs])
+  weight = _element_weights(pairs, dtype)
+  weigh = (lambda x: x) if weight is None else (lambda x: weight * x)
   nonfinite = (~jnp.isfinite(g)).astype(dtype)
   g = clamp(jnp.nan_to_num(g, nan=0.0, posinf=inf_value, neginf=-inf_value),
             bound)
-  wg = weight * g
+  wg = weigh(g)
   if pairs[0][1] is None:
     rows = [wg, wg * g, nonfinite]
   else:
@@ -404,11 +432,11 @@ def _concatenated_stats(pairs, dtype, inf_value, bound, horizons=None,
       m = adam_direction(
           m, jnp.concatenate([_flat(v).astype(dtype) for v in nus]), eps)
     m = clamp(jnp.nan_to_num(m), bound)
-    rows = [wg, wg * g, wg * m, weight * m * m, nonfinite]
+    rows = [wg, wg * g, wg * m, weigh(m * m), nonfinite]
   if horizons is not None:
     h = jnp.concatenate([_flat(h).astype(dtype) for h in horizons])
     h = clamp(jnp.nan_to_num(h), bound)
-    rows += [wg * h, weight * h * h]
+    rows += [wg * h, weigh(h * h)]
   # One reduction of the stacked rows: five separate ones cost 1.6x as much
   # (93 against 57 µs over 65,536 elements on a CPU).
   sums = list(jnp.sum(jnp.stack(rows), axis=1))
@@ -491,15 +519,15 @@ class PhaseSample(NamedTuple):
   """Blocks of the phase reference kept for the next step's ρ.
 
   Attributes:
-    starts: per leaf, the int32 start offsets of its blocks, shape
-      ``(blocks,)``; a scalar 0 for a leaf kept whole (no zero-size arrays:
-      checkpointers refuse them).
+    starts: the int32 start offsets of every sampled block, leaf by leaf
+      (:func:`leaf_starts` splits them with the plan): one array, so that a
+      step writes one buffer for them, not one per leaf.
     blocks: per leaf, the reference's values there, shape
       ``(blocks, SAMPLE_BLOCK)``, or the whole leaf in its own shape (and
       sharding).
   """
 
-  starts: tuple
+  starts: jax.Array
   blocks: tuple
 
 
@@ -525,28 +553,45 @@ def sample_plan(grads, budget: int) -> tuple[int, ...] | None:
   return None if read >= size else plan
 
 
-def draw_starts(key, grads, plan) -> tuple:
-  """Random block offsets for each leaf of ``grads`` under ``plan``.
+def draw_starts(key, grads, plan) -> jax.Array:
+  """Random block offsets for the leaves of ``grads`` under ``plan``, all
+  in one int32 vector, leaf by leaf (:func:`leaf_starts`).
 
-  Blocks wrap around the end of their leaf, so every element has the same
-  chance ``SAMPLE_BLOCK / size`` of being read: the sums are unbiased. All
-  offsets come from one draw (each leaf's bounded by its size): a draw per
-  leaf added about 30 XLA kernels per leaf to the step.
+  A block is the window ``[s, s + SAMPLE_BLOCK)`` of its leaf's flat
+  entries with ``s`` uniform over ``1 - SAMPLE_BLOCK ... n - 1``, the part
+  outside the leaf read as 0 (:func:`take_blocks`): every element lies in
+  exactly ``SAMPLE_BLOCK`` of the ``n + SAMPLE_BLOCK - 1`` windows, so each
+  has the same chance of being read and the sums are unbiased
+  (:func:`block_scale`). All offsets come from one draw (each leaf's bounded
+  by its size): a draw per leaf added about 30 XLA kernels per leaf to the
+  step.
   """
   leaves = jax.tree.leaves(grads)
-  sampled = [(x.size, blocks) for x, blocks in zip(leaves, plan) if blocks]
-  if sampled:
-    bounds = np.concatenate([np.full(b, n, np.int64) for n, b in sampled])
-    draws = jax.random.randint(key, bounds.shape, 0,
-                               jnp.asarray(bounds, jnp.int32), jnp.int32)
-  starts, used = [], 0
+  bounds = np.concatenate([np.full(b, x.size, np.int64)
+                           for x, b in zip(leaves, plan) if b])
+  return jax.random.randint(key, bounds.shape, 1 - SAMPLE_BLOCK,
+                            jnp.asarray(bounds, jnp.int32), jnp.int32)
+
+
+def leaf_starts(starts, plan) -> tuple:
+  """The offsets of :func:`draw_starts` split per leaf (a scalar 0 for a
+  leaf kept whole), as :func:`take_blocks` reads them."""
+  out, used = [], 0
   for blocks in plan:
     if blocks == 0:
-      starts.append(jnp.zeros([], jnp.int32))
+      out.append(jnp.zeros([], jnp.int32))
     else:
-      starts.append(draws[used:used + blocks])
+      out.append(starts[used:used + blocks])
       used += blocks
-  return tuple(starts)
+  return tuple(out)
+
+
+def block_scale(size: int, blocks: int) -> float:
+  """What the sums over ``blocks`` windows of a leaf of ``size`` elements
+  are multiplied by to be unbiased (:func:`draw_starts`): each element is
+  read with probability ``SAMPLE_BLOCK / (size + SAMPLE_BLOCK - 1)`` per
+  block."""
+  return (size + SAMPLE_BLOCK - 1) / (blocks * SAMPLE_BLOCK)
 
 
 def _gather(x, index):
@@ -560,60 +605,68 @@ def _gather(x, index):
   return x[index]
 
 
-def _contiguous_blocks(flat, starts):
-  """``flat[(s + i) % n]`` for each start ``s`` and ``i < SAMPLE_BLOCK``, as
-  slices rather than an element gather (``n >= SAMPLE_BLOCK``).
+def _windows(flat, starts):
+  """The entries of ``flat`` in each window ``[s, s + SAMPLE_BLOCK)``
+  (``n >= SAMPLE_BLOCK``): the slice of ``SAMPLE_BLOCK`` entries at ``s``
+  clamped into ``flat`` (it holds the window's entries), 0 where an entry
+  is outside the window. Every read of one ``starts`` puts an element at
+  the same position, so blocks of two trees pair up.
 
-  A block that runs past the end is the window at ``k = s - (n - B)`` of
-  the last ``B`` elements followed by the first ``B``: two contiguous
-  slices and a shift, where the element gather computes and reads ``B``
-  indices one by one (16 blocks of a 500 × 500 leaf: 34 against 129 µs).
+  One slice per block, masked: one fusion per leaf, where
+  blocks that wrapped around the end took three (a slice of the end, one of
+  the start and a shift), and compile time grows with fusions (RESULTS.md,
+  "Compile time").
   """
   size = SAMPLE_BLOCK
-  low = jnp.minimum(starts, flat.shape[0] - size)
-  tail = jax.vmap(lambda t: lax.dynamic_slice(flat, (t,), (size,)))(low)
-  head = jnp.broadcast_to(flat[:size], tail.shape)
-  both = jnp.concatenate([tail, head], axis=1)
-  return jax.vmap(lambda row, k: lax.dynamic_slice(row, (k,), (size,)))(
-      both, starts - low)
+  low = jnp.clip(starts, 0, flat.shape[0] - size)
+  rows = jax.vmap(lambda t: lax.dynamic_slice(flat, (t,), (size,)))(low)
+  index = low[:, None] + jnp.arange(size, dtype=starts.dtype)[None, :]
+  inside = (index >= starts[:, None]) & (index < starts[:, None] + size)
+  return jnp.where(inside, rows, jnp.zeros([], flat.dtype))
 
 
 def take_blocks(tree, starts) -> tuple:
   """The blocks of each leaf of ``tree`` at ``starts`` (whole small leaves,
-  in their own shape); a block runs past the end of its leaf back to its
-  start. An Explicitly sharded leaf is never reshaped (it cannot be in
-  place) and is gathered element by element; any other of at least
-  ``SAMPLE_BLOCK`` elements is read as a flat vector, in contiguous slices
-  (:func:`_contiguous_blocks`); a smaller one (which :func:`sample_plan`
-  keeps whole) by its modular element index."""
+  in their own shape): the entries of the window ``[s, s + SAMPLE_BLOCK)``
+  of the leaf's flat entries, zeros for the part outside the leaf. An
+  Explicitly sharded
+  leaf is never reshaped (it cannot be in place) and is gathered element by
+  element; any other of at least ``SAMPLE_BLOCK`` elements is read as a
+  flat vector, in contiguous slices (:func:`_windows`); a smaller one
+  (which :func:`sample_plan` keeps whole) by its element index."""
   out = []
   offsets = jnp.arange(SAMPLE_BLOCK, dtype=jnp.int32)
   for x, s in zip(jax.tree.leaves(tree), starts):
     if s.ndim == 0:
       out.append(x)
-    elif _explicit_mesh(x) is not None:
-      flat_index = (s[:, None] + offsets[None, :]) % x.size
-      out.append(_gather(x, jnp.unravel_index(flat_index, x.shape)))
-    elif x.size >= SAMPLE_BLOCK:
-      out.append(_contiguous_blocks(jnp.ravel(x), s))
+    elif x.size >= SAMPLE_BLOCK and _explicit_mesh(x) is None:
+      out.append(_windows(jnp.ravel(x), s))
     else:
-      flat_index = (s[:, None] + offsets[None, :]) % x.size
-      out.append(jnp.ravel(x).at[flat_index].get(mode="promise_in_bounds"))
+      flat_index = s[:, None] + offsets[None, :]
+      inside = (flat_index >= 0) & (flat_index < x.size)
+      flat_index = jnp.clip(flat_index, 0, x.size - 1)
+      if _explicit_mesh(x) is not None:
+        values = _gather(x, jnp.unravel_index(flat_index, x.shape))
+      else:
+        values = jnp.ravel(x).at[flat_index].get(mode="promise_in_bounds")
+      out.append(jnp.where(inside, values, jnp.zeros([], x.dtype)))
   return tuple(out)
 
 
-def sampled_gradient_stats(grads, sample: PhaseSample, dtype=None, *,
+def sampled_gradient_stats(grads, sample: PhaseSample, plan, dtype=None, *,
                            inf_value=0.0, horizon=None) -> GradStats:
   """:class:`GradStats` estimated on the blocks of ``sample``.
 
-  Sums over a leaf's blocks are rescaled by ``leaf size / sampled size``,
-  which makes them unbiased over the draw of the offsets; ρ is the cosine
+  Sums over a leaf's blocks are rescaled by :func:`block_scale`, which
+  makes them unbiased over the draw of the offsets; ρ is the cosine
   of the gradient and the reference on the sampled coordinates.
 
   Args:
     grads: this step's gradient.
     sample: offsets drawn at the previous step and the reference's blocks
       there (the momentum or gradient after the previous step).
+    plan: the blocks per leaf the offsets were drawn for
+      (:func:`sample_plan`).
     dtype: accumulation dtype.
     inf_value: the value ±inf entries are read as.
     horizon: the whole long-horizon reference (structure of ``grads``), or
@@ -622,13 +675,14 @@ def sampled_gradient_stats(grads, sample: PhaseSample, dtype=None, *,
   dtype = dtype or controller_dtype()
   leaves = jax.tree.leaves(grads)
   size = sum(x.size for x in leaves)
-  g_blocks = take_blocks(grads, sample.starts)
+  starts = leaf_starts(sample.starts, plan)
+  g_blocks = take_blocks(grads, starts)
   pairs = []
-  for x, g, m in zip(leaves, g_blocks, sample.blocks):
-    scale = x.size / g.size
+  for x, s, g, m in zip(leaves, starts, g_blocks, sample.blocks):
+    scale = 1.0 if s.ndim == 0 else block_scale(x.size, s.shape[0])
     pairs.append((g, m, scale))
   horizons = (None if horizon is None
-              else list(take_blocks(horizon, sample.starts)))
+              else list(take_blocks(horizon, starts)))
   return _stats(pairs, size, dtype, inf_value, horizons)
 
 

@@ -380,17 +380,37 @@ def test_a_late_first_reward_does_not_read_as_a_jump():
 
 
 @pytest.mark.parametrize("shape", [(1024,), (3, 700), (500, 500)])
-def test_take_blocks_wraps_around_the_end_like_a_modular_gather(shape):
-  # Blocks are read as contiguous slices; one that runs past the end of its
-  # leaf continues at its start. Oracle: the element-wise modular index.
-  x = jnp.arange(math.prod(shape), dtype=jnp.float32).reshape(shape)
+def test_take_blocks_reads_windows_masked_outside_the_leaf(shape):
+  # A block holds the entries of the window [s, s + B) of the flat leaf,
+  # read as one slice at s clamped into the leaf, the entries outside the
+  # window masked to 0. Oracle: the element-wise index.
+  x = jnp.arange(1, math.prod(shape) + 1, dtype=jnp.float32).reshape(shape)
   n, b = x.size, measurement.SAMPLE_BLOCK
-  starts = jnp.asarray([0, 1, n - b, n - b + 1, n - 5, n - 1, n // 2],
-                       jnp.int32)
+  starts = jnp.asarray([1 - b, -5, 0, 1, n - b, n - b + 1, n - 5, n - 1,
+                        n // 2], jnp.int32)
   (blocks,) = jax.jit(measurement.take_blocks)((x,), (starts,))
-  index = (np.asarray(starts)[:, None] + np.arange(b)[None, :]) % n
-  np.testing.assert_array_equal(blocks, np.ravel(np.asarray(x))[index])
+  s = np.asarray(starts)[:, None]
+  index = np.clip(s, 0, n - b) + np.arange(b)[None, :]
+  flat = np.ravel(np.asarray(x))
+  expected = np.where((index >= s) & (index < s + b), flat[index], 0.0)
+  np.testing.assert_array_equal(blocks, expected)
   # Under vmap (a population) each member reads its own blocks.
   xs = jnp.stack([x, -x])
   (vb,) = jax.vmap(lambda x: measurement.take_blocks((x,), (starts,)))(xs)
   np.testing.assert_array_equal(vb[1], -blocks)
+
+
+def test_every_element_is_equally_likely_to_be_read():
+  # Over all n + B - 1 starts each element is read exactly B times, so
+  # block_scale makes the sums unbiased, edges included.
+  n, b = 2500, measurement.SAMPLE_BLOCK
+  x = jnp.arange(1, n + 1, dtype=jnp.float32)
+  starts = jnp.arange(1 - b, n, dtype=jnp.int32)
+  (blocks,) = measurement.take_blocks((x,), (starts,))
+  counts = np.zeros(n)
+  for row in np.asarray(blocks):
+    counts[row[row > 0].astype(int) - 1] += 1
+  np.testing.assert_array_equal(counts, b)
+  mean = float(jnp.sum(blocks)) / starts.size
+  np.testing.assert_allclose(mean * measurement.block_scale(n, 1),
+                             float(jnp.sum(x)), rtol=1e-6)

@@ -176,9 +176,9 @@ def test_sampled_statistics_are_close_to_exact_and_unbiased():
   @jax.jit
   def draw(key):
     starts = measurement.draw_starts(key, grads, plan)
-    sample = measurement.PhaseSample(starts,
-                                     measurement.take_blocks(ref, starts))
-    return measurement.sampled_gradient_stats(grads, sample)
+    sample = measurement.PhaseSample(starts, measurement.take_blocks(
+        ref, measurement.leaf_starts(starts, plan)))
+    return measurement.sampled_gradient_stats(grads, sample, plan)
 
   draws = jax.vmap(draw)(jax.random.split(jax.random.PRNGKey(2), 400))
   for field in ("sum", "sumsq", "dot", "ref_sumsq"):
@@ -199,7 +199,7 @@ def test_many_small_leaves_take_the_exact_path():
   state = ae.ae_adamw(1e-3).init(small)
   assert not isinstance(state.phase_ref, measurement.PhaseSample)
   # Leaves of 1,500 entries, 90,000 in all: the budget gives each two
-  # (wrapping) blocks, 2,048 reads of 1,500 entries, so exact too.
+  # blocks, 2,048 reads of 1,500 entries, so exact too.
   over = {f"w{i}": jnp.ones((1500,)) for i in range(60)}
   assert measurement.sample_plan(over, 2**16) is None
   # One large leaf brings the blocks back.
@@ -208,7 +208,8 @@ def test_many_small_leaves_take_the_exact_path():
 
 
 def test_sampled_blocks_cover_the_edges_of_a_leaf():
-  # All the mass at the two ends: blocks that never wrap would miss it.
+  # All the mass at the two ends: windows that never run off the ends
+  # would read them less often than the middle.
   leaf = jnp.zeros(4000).at[:8].set(10.0).at[-8:].set(10.0)
   grads = {"x": leaf, "y": jnp.zeros(4000)}
   plan = measurement.sample_plan(grads, 2048)
@@ -216,9 +217,9 @@ def test_sampled_blocks_cover_the_edges_of_a_leaf():
 
   def draw(key):
     starts = measurement.draw_starts(key, grads, plan)
-    sample = measurement.PhaseSample(starts,
-                                     measurement.take_blocks(grads, starts))
-    return measurement.sampled_gradient_stats(grads, sample).sumsq
+    sample = measurement.PhaseSample(starts, measurement.take_blocks(
+        grads, measurement.leaf_starts(starts, plan)))
+    return measurement.sampled_gradient_stats(grads, sample, plan).sumsq
 
   mean = float(jnp.mean(jax.vmap(draw)(
       jax.random.split(jax.random.PRNGKey(0), 2000))))

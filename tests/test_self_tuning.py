@@ -670,17 +670,18 @@ def test_sampled_statistics_read_the_displacement_on_the_same_blocks(
     monkeypatch):
   key = jax.random.PRNGKey(0)
   g, m, d = (jax.random.normal(k, (4096,)) for k in jax.random.split(key, 3))
-  starts = (jnp.array([5, 4000], jnp.int32),)
-  sample = measurement.PhaseSample(starts, measurement.take_blocks((m,),
-                                                                   starts))
-  stats = measurement.sampled_gradient_stats((g,), sample, horizon=(d,))
-  (gb,), (db,) = (measurement.take_blocks((x,), starts) for x in (g, d))
-  scale = 4096 / gb.size
+  starts, plan = jnp.array([5, 4000], jnp.int32), (2,)
+  sample = measurement.PhaseSample(starts, measurement.take_blocks(
+      (m,), measurement.leaf_starts(starts, plan)))
+  stats = measurement.sampled_gradient_stats((g,), sample, plan,
+                                             horizon=(d,))
+  (gb,), (db,) = (measurement.take_blocks((x,), (starts,)) for x in (g, d))
+  scale = measurement.block_scale(4096, 2)
   np.testing.assert_allclose(float(stats.horizon_dot),
                              scale * float(jnp.sum(gb * db)), rtol=1e-5)
   np.testing.assert_allclose(float(stats.horizon_sumsq),
                              scale * float(jnp.sum(db * db)), rtol=1e-5)
-  plain = measurement.sampled_gradient_stats((g,), sample)
+  plain = measurement.sampled_gradient_stats((g,), sample, plan)
   np.testing.assert_allclose(np.asarray(stats[:6]), np.asarray(plain[:6]),
                              rtol=1e-6)
   assert plain.horizon_dot == ()
