@@ -605,46 +605,55 @@ def _gather(x, index):
   return x[index]
 
 
-def _windows(flat, starts):
-  """The entries of ``flat`` in each window ``[s, s + SAMPLE_BLOCK)``
-  (``n >= SAMPLE_BLOCK``): the slice of ``SAMPLE_BLOCK`` entries at ``s``
-  clamped into ``flat`` (it holds the window's entries), 0 where an entry
-  is outside the window. Every read of one ``starts`` puts an element at
-  the same position, so blocks of two trees pair up.
+def _window_index(starts, size: int):
+  """Where each block's entries sit: the flat index ``low + i`` of its
+  ``i``-th entry, ``low`` the start clamped into a leaf of ``size``
+  entries, and whether that entry is inside the window ``[s, s +
+  SAMPLE_BLOCK)`` (and the leaf). Every read path uses this layout, so the
+  blocks of two trees at one ``starts`` pair up element by element."""
+  low = jnp.clip(starts, 0, max(size - SAMPLE_BLOCK, 0))
+  index = low[:, None] + jnp.arange(SAMPLE_BLOCK, dtype=starts.dtype)[None]
+  # index - B < s rather than index < s + B: no int32 overflow near 2**31.
+  inside = ((index >= starts[:, None])
+            & (index - SAMPLE_BLOCK < starts[:, None]))
+  if size < SAMPLE_BLOCK:  # the block runs past the leaf whatever its start
+    inside &= index < size
+  return low, index, inside
 
-  One slice per block, masked: one fusion per leaf, where
-  blocks that wrapped around the end took three (a slice of the end, one of
-  the start and a shift), and compile time grows with fusions (RESULTS.md,
-  "Compile time").
+
+def _windows(flat, starts):
+  """The blocks of ``flat`` at ``starts`` (``n >= SAMPLE_BLOCK``) in the
+  layout of :func:`_window_index`: one slice of ``SAMPLE_BLOCK`` entries per
+  block at its clamped start (it holds the window's entries), masked.
+
+  One fusion per leaf, where blocks that wrapped around the end took three
+  (a slice of the end, one of the start and a shift), and compile time
+  grows with fusions (RESULTS.md, "Compile time").
   """
-  size = SAMPLE_BLOCK
-  low = jnp.clip(starts, 0, flat.shape[0] - size)
-  rows = jax.vmap(lambda t: lax.dynamic_slice(flat, (t,), (size,)))(low)
-  index = low[:, None] + jnp.arange(size, dtype=starts.dtype)[None, :]
-  inside = (index >= starts[:, None]) & (index < starts[:, None] + size)
+  low, _, inside = _window_index(starts, flat.shape[0])
+  rows = jax.vmap(
+      lambda t: lax.dynamic_slice(flat, (t,), (SAMPLE_BLOCK,)))(low)
   return jnp.where(inside, rows, jnp.zeros([], flat.dtype))
 
 
 def take_blocks(tree, starts) -> tuple:
   """The blocks of each leaf of ``tree`` at ``starts`` (whole small leaves,
   in their own shape): the entries of the window ``[s, s + SAMPLE_BLOCK)``
-  of the leaf's flat entries, zeros for the part outside the leaf. An
-  Explicitly sharded
-  leaf is never reshaped (it cannot be in place) and is gathered element by
-  element; any other of at least ``SAMPLE_BLOCK`` elements is read as a
-  flat vector, in contiguous slices (:func:`_windows`); a smaller one
-  (which :func:`sample_plan` keeps whole) by its element index."""
+  of the leaf's flat entries, zeros for the part outside the leaf, laid out
+  by :func:`_window_index`. An Explicitly sharded leaf is never reshaped
+  (it cannot be in place) and is gathered element by element; any other of
+  at least ``SAMPLE_BLOCK`` elements is read as a flat vector, in
+  contiguous slices (:func:`_windows`); a smaller one (which
+  :func:`sample_plan` keeps whole) by its element index."""
   out = []
-  offsets = jnp.arange(SAMPLE_BLOCK, dtype=jnp.int32)
   for x, s in zip(jax.tree.leaves(tree), starts):
     if s.ndim == 0:
       out.append(x)
     elif x.size >= SAMPLE_BLOCK and _explicit_mesh(x) is None:
       out.append(_windows(jnp.ravel(x), s))
     else:
-      flat_index = s[:, None] + offsets[None, :]
-      inside = (flat_index >= 0) & (flat_index < x.size)
-      flat_index = jnp.clip(flat_index, 0, x.size - 1)
+      _, flat_index, inside = _window_index(s, x.size)
+      flat_index = jnp.minimum(flat_index, x.size - 1)
       if _explicit_mesh(x) is not None:
         values = _gather(x, jnp.unravel_index(flat_index, x.shape))
       else:

@@ -379,20 +379,23 @@ def test_a_late_first_reward_does_not_read_as_a_jump():
   assert float(signals.R) > 0.0
 
 
-@pytest.mark.parametrize("shape", [(1024,), (3, 700), (500, 500)])
+@pytest.mark.parametrize("shape", [(700,), (1024,), (3, 700), (500, 500)])
 def test_take_blocks_reads_windows_masked_outside_the_leaf(shape):
   # A block holds the entries of the window [s, s + B) of the flat leaf,
   # read as one slice at s clamped into the leaf, the entries outside the
-  # window masked to 0. Oracle: the element-wise index.
+  # window masked to 0. A leaf smaller than a block goes through the
+  # element gather (as an Explicitly sharded one does) and must lay its
+  # entries out the same way. Oracle: the element-wise index.
   x = jnp.arange(1, math.prod(shape) + 1, dtype=jnp.float32).reshape(shape)
   n, b = x.size, measurement.SAMPLE_BLOCK
   starts = jnp.asarray([1 - b, -5, 0, 1, n - b, n - b + 1, n - 5, n - 1,
                         n // 2], jnp.int32)
   (blocks,) = jax.jit(measurement.take_blocks)((x,), (starts,))
   s = np.asarray(starts)[:, None]
-  index = np.clip(s, 0, n - b) + np.arange(b)[None, :]
+  index = np.clip(s, 0, max(n - b, 0)) + np.arange(b)[None, :]
   flat = np.ravel(np.asarray(x))
-  expected = np.where((index >= s) & (index < s + b), flat[index], 0.0)
+  inside = (index >= s) & (index < s + b) & (index < n)
+  expected = np.where(inside, flat[np.minimum(index, n - 1)], 0.0)
   np.testing.assert_array_equal(blocks, expected)
   # Under vmap (a population) each member reads its own blocks.
   xs = jnp.stack([x, -x])
