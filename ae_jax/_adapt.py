@@ -381,9 +381,12 @@ def adapt(inner: optax.GradientTransformation,
     delayed: steer step t+1 with step t's statistics (see the module doc);
       ``False`` (default) applies them at step t, as the reference does.
     seed: seed of the PRNG key (noise ξ_t and sampled statistics).
-    stats_sample: for models with more parameters than this, estimate the
-      gradient statistics from about this many sampled elements (see
-      :func:`ae_jax.measurement.sampled_gradient_stats`); ``None`` is exact.
+    stats_sample: estimate the gradient statistics from about this many
+      sampled elements (see
+      :func:`ae_jax.measurement.sampled_gradient_stats`) on a model with
+      more parameters than this and than
+      ``measurement.EXACT_STATS_UP_TO`` (65,536); smaller models, and
+      ``None``, get exact statistics.
     energy_weight: weight of the leak term in the Lyapunov energy.
     smooth: AE-9 smooth brake, projection and travel cap (see
       :func:`ae_jax.controller`); the laws take their own ``smooth``.
@@ -477,7 +480,9 @@ class _Wiring(NamedTuple):
   def plan(self, tree):
     """The sampled statistics' blocks per leaf, or None (exact)."""
     return (None if self.stats_sample is None
-            else measurement.sample_plan(tree, self.stats_sample))
+            else measurement.sample_plan(
+                tree, self.stats_sample,
+                exact_up_to=measurement.EXACT_STATS_UP_TO))
 
 
 def _hyperparams_of(inner) -> tuple[dict, set]:

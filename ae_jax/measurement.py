@@ -349,7 +349,7 @@ def _leaf_sums(g, m, dtype, inf_value, bound, h=None):
 
 
 # Statistics over at most this many elements (every preset's: exact up to
-# STATS_SAMPLE = 65,536 elements, sampled above) are reduced as one
+# EXACT_STATS_UP_TO = 65,536 elements, sampled above) are reduced as one
 # concatenated vector: five reductions, whatever the number of leaves, where
 # per-leaf reductions made compile time grow with the pytree (10.4 s against
 # 1.4 s at 400 leaves). Larger exact statistics keep per-leaf sums, which
@@ -514,6 +514,11 @@ def _horizon_leaves(horizon):
 
 SAMPLE_BLOCK = 1024
 
+# Models up to this many parameters get exact statistics whatever the sample
+# size :func:`ae_jax.adapt` is given: one concatenated reduction is cheap
+# there, and exact.
+EXACT_STATS_UP_TO = 2**16
+
 
 class PhaseSample(NamedTuple):
   """Blocks of the phase reference kept for the next step's ρ.
@@ -531,11 +536,12 @@ class PhaseSample(NamedTuple):
   blocks: tuple
 
 
-def sample_plan(grads, budget: int) -> tuple[int, ...] | None:
+def sample_plan(grads, budget: int, *,
+                exact_up_to: int | None = None) -> tuple[int, ...] | None:
   """Blocks per leaf for an element ``budget``; 0 keeps a leaf whole.
 
   Returns None (the statistics are then exact) when the pytree has no more
-  than ``budget`` elements, or when the sample would read as many entries
+  than ``exact_up_to`` elements (default: ``budget``), or when the sample would read as many entries
   as the pytree has (many leaves of a few blocks each, or none larger than
   a block, every leaf then kept whole): the exact path reads them without
   keeping a copy of the reference or gathering blocks (RESULTS.md,
@@ -543,7 +549,7 @@ def sample_plan(grads, budget: int) -> tuple[int, ...] | None:
   """
   leaves = jax.tree.leaves(grads)
   size = sum(x.size for x in leaves)
-  if size <= budget:
+  if size <= max(budget, exact_up_to or 0):
     return None
   plan = tuple(0 if x.size <= SAMPLE_BLOCK else
                max(1, -(-budget * x.size // (size * SAMPLE_BLOCK)))

@@ -207,6 +207,21 @@ def test_many_small_leaves_take_the_exact_path():
                                  2**16) is not None
 
 
+def test_presets_sample_16k_elements_above_65536_parameters():
+  # Between the sample size and EXACT_STATS_UP_TO the statistics are exact;
+  # above, the blocks read about STATS_SAMPLE entries.
+  mid = {"w": jnp.ones((200, 250))}                    # 50,000
+  assert measurement.sample_plan(mid, 2**14) is not None
+  assert measurement.sample_plan(
+      mid, 2**14, exact_up_to=measurement.EXACT_STATS_UP_TO) is None
+  assert not isinstance(ae.ae_adamw(1e-3).init(mid).phase_ref,
+                        measurement.PhaseSample)
+  big = {"w": jnp.ones((400, 250))}                    # 100,000
+  state = ae.ae_adamw(1e-3).init(big)
+  assert isinstance(state.phase_ref, measurement.PhaseSample)
+  assert state.phase_ref.starts.size * measurement.SAMPLE_BLOCK == 2**14
+
+
 def test_sampled_blocks_cover_the_edges_of_a_leaf():
   # All the mass at the two ends: windows that never run off the ends
   # would read them less often than the middle.
