@@ -541,11 +541,11 @@ def sample_plan(grads, budget: int, *,
   """Blocks per leaf for an element ``budget``; 0 keeps a leaf whole.
 
   Returns None (the statistics are then exact) when the pytree has no more
-  than ``exact_up_to`` elements (default: ``budget``), or when the sample would read as many entries
-  as the pytree has (many leaves of a few blocks each, or none larger than
-  a block, every leaf then kept whole): the exact path reads them without
-  keeping a copy of the reference or gathering blocks (RESULTS.md,
-  "Compile time": 2,000 leaves of 128 entries).
+  than ``exact_up_to`` elements (default: ``budget``), or when the sample
+  would read as many entries as the pytree has (many leaves of a few blocks
+  each, or none larger than a block, every leaf then kept whole): the exact
+  path reads them without keeping a copy of the reference or gathering
+  blocks (RESULTS.md, "Compile time": 2,000 leaves of 128 entries).
   """
   leaves = jax.tree.leaves(grads)
   size = sum(x.size for x in leaves)
@@ -693,8 +693,8 @@ def sampled_gradient_stats(grads, sample: PhaseSample, plan, dtype=None, *,
   starts = leaf_starts(sample.starts, plan)
   g_blocks = take_blocks(grads, starts)
   pairs = []
-  for x, s, g, m in zip(leaves, starts, g_blocks, sample.blocks):
-    scale = 1.0 if s.ndim == 0 else block_scale(x.size, s.shape[0])
+  for x, blocks, g, m in zip(leaves, plan, g_blocks, sample.blocks):
+    scale = block_scale(x.size, blocks) if blocks else 1.0
     pairs.append((g, m, scale))
   horizons = (None if horizon is None
               else list(take_blocks(horizon, starts)))
