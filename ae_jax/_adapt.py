@@ -274,41 +274,37 @@ def sanitize(grads, inf_value=0.0, bound=None):
   """NaN → 0, ±inf → ±inf_value, and (with a ``bound``) every finite entry
   beyond ``±bound`` clipped to it, elementwise (fuses into the update).
 
-  With ``inf_value=0`` an entry beyond the bound becomes 0 as an infinite
-  one does: it carries no usable size. That is what :func:`adapt` gives the
-  base, entry by entry, in the sampled leaves it cannot check whole
-  (:func:`_base_gradient`); the test is a square, a compare and a select per
-  entry, where the general form costs seven (measured: 1.15 → 0.80 ms per
-  step of ``ae_adamw`` at 1M parameters). A non-zero ``inf_value`` is the
-  reference's.
+  With ``inf_value=0`` (every preset's) an entry beyond the bound becomes 0
+  as an infinite one does: it carries no usable size (the statistics still
+  read it as ``±bound``, so the brake or the skip sees it), and the test
+  is a square, a compare and a select per entry, fused into each of the
+  base's passes, where the general form costs seven (measured: 1.15 → 0.80
+  ms per step of ``ae_adamw`` at 1M parameters).
   """
   if float(inf_value) == 0.0:
     def clean(g):
       if not jnp.issubdtype(g.dtype, jnp.floating):
         return g
-      return jnp.where(_usable(g, bound), g, jnp.zeros((), g.dtype))
+      top = float(jnp.finfo(g.dtype).max)
+      if bound is None or bound >= top:
+        # A bound the dtype cannot hold (float16 under a float32 bound)
+        # would read as inf and let ±inf through.
+        keep = jnp.isfinite(g)
+      elif bound * bound <= top:
+        # g² ≤ bound² is the same test as |g| ≤ bound (NaN and ±inf fail
+        # it, and so does an entry whose square overflows); XLA:CPU
+        # compiles it faster in each leaf's fusions than a select keyed
+        # on abs(g) (ae_adamw at 50 leaves: ~0.6 s of ~6.5; RESULTS.md).
+        keep = g * g <= jnp.asarray(bound * bound, g.dtype)
+      else:
+        keep = jnp.abs(g) <= bound
+      return jnp.where(keep, g, jnp.zeros((), g.dtype))
   else:
     def clean(g):
       g = jnp.nan_to_num(g, nan=0.0, posinf=inf_value, neginf=-inf_value)
       return g if bound is None else measurement.clamp(g, bound)
 
   return jax.tree.map(clean, grads)
-
-
-def _usable(g, bound):
-  """Where the entries of ``g`` are finite and within ``±bound``."""
-  top = float(jnp.finfo(g.dtype).max)
-  if bound is None or bound >= top:
-    # A bound the dtype cannot hold (float16 under a float32 bound) would
-    # read as inf and let ±inf through.
-    return jnp.isfinite(g)
-  if bound * bound <= top:
-    # g² ≤ bound² is the same test as |g| ≤ bound (NaN and ±inf fail it,
-    # and so does an entry whose square overflows); XLA:CPU compiles it
-    # faster in each leaf's fusions than a select keyed on abs(g) (ae_adamw
-    # at 50 leaves: ~0.6 s of ~6.5; RESULTS.md).
-    return g * g <= jnp.asarray(bound * bound, g.dtype)
-  return jnp.abs(g) <= bound
 
 
 def _overflow_bound(grads, dtype) -> float:
@@ -636,85 +632,25 @@ def _add_noise(updates, sigma, key):
   return jax.lax.cond(sigma > 0, noisy, lambda u: u, updates)
 
 
-# Sampled leaves up to this many entries are checked for unusable entries
-# whole, in one reduction over their concatenation, rather than entry by
-# entry in the base's fusions: many small leaves (biases, norms) are most of
-# a large pytree's leaves and little of its entries (RESULTS.md, "Compile
-# time": 200 leaves of 112-3,296 entries).
-CHECK_WHOLE_UP_TO = 4 * measurement.SAMPLE_BLOCK
-
-
-def _read_whole(leaves, plan) -> list[bool]:
-  """Per leaf, whether every entry is checked for unusable ones each step:
-  by the statistics (exact, or a leaf the sample keeps whole), or, for a
-  sampled float leaf of up to ``CHECK_WHOLE_UP_TO`` entries, by
-  :func:`_count_small`."""
-  if plan is None:
-    return [True] * len(leaves)
-  return [b == 0 or (jnp.issubdtype(g.dtype, jnp.floating)
-                     and g.size <= CHECK_WHOLE_UP_TO)
-          for g, b in zip(leaves, plan)]
-
-
-def _count_small(raw, plan, bound, dtype):
-  """The unusable entries of the sampled leaves that :func:`_read_whole`
-  checks whole (0 when there are none)."""
-  leaves = jax.tree.leaves(raw)
-  small = [g for g, b, whole in zip(leaves, plan, _read_whole(leaves, plan))
-           if b and whole]
-  if not small:
-    return jnp.zeros([], dtype)
-  return measurement.count_unusable(small, bound, dtype)
-
-
-def _statistics(w: _Wiring, raw, state: AdaptState, plan, dtype, bound):
+def _statistics(w: _Wiring, raw, grads, state: AdaptState, plan, dtype):
   """The step's :class:`ae_jax.measurement.GradStats` of the raw gradient
-  (it counts unusable entries, for the brake and :func:`_base_gradient`,
-  and reads them as the base would) against the phase reference."""
+  (it counts non-finite entries, for the brake, and sanitises them the same
+  way) against the phase reference."""
   horizon = None if w.horizon is None else state.displacement
   if plan is not None:
-    stats = measurement.sampled_gradient_stats(
+    return measurement.sampled_gradient_stats(
         raw, state.phase_ref, plan, dtype=dtype, inf_value=w.inf_value,
-        horizon=horizon, bound=bound)
-    return stats._replace(nonfinite=stats.nonfinite
-                          + _count_small(raw, plan, bound, dtype))
+        horizon=horizon)
   if not w.momentum_field:
     return measurement.gradient_stats(raw, state.phase_ref, dtype,
-                                      inf_value=w.inf_value, horizon=horizon,
-                                      bound=bound)
+                                      inf_value=w.inf_value, horizon=horizon)
   # Adam's direction m / (sqrt(nu) + eps) is formed inside the statistics,
   # after the leaves are concatenated (no kernel per leaf).
   mu, nu, eps = _direction_moments(state.inner_state, w.momentum_field,
-                                   w.second_field, raw)
+                                   w.second_field, grads)
   return measurement.gradient_stats(raw, mu, dtype, inf_value=w.inf_value,
                                     horizon=horizon, second_moment=nu,
-                                    eps=eps, bound=bound)
-
-
-def _base_gradient(w: _Wiring, raw, stats, plan, bound):
-  """What the base receives: ``raw`` with no unusable entry (NaN, ±inf, or
-  beyond ``±bound``; see :func:`sanitize`).
-
-  With ``inf_value=0`` (every preset's) a step whose statistics count an
-  unusable entry gives the base a zero gradient, as Optax's
-  ``apply_if_finite`` skips one; the brake fires on the same count. The
-  leaves it covers whole (:func:`_read_whole`) cost one scalar select per
-  step, where a compare and select per entry in each of the base's per-leaf
-  fusions was about a third of the step's compile time (RESULTS.md,
-  "Compile time"). Larger sampled leaves are also cleaned entry by entry,
-  as the sample can miss an entry.
-  """
-  if float(w.inf_value) != 0.0:
-    return sanitize(raw, w.inf_value, bound)
-  leaves, treedef = jax.tree.flatten(raw)
-  skip = stats.nonfinite > 0
-  out = []
-  for g, whole in zip(leaves, _read_whole(leaves, plan)):
-    if jnp.issubdtype(g.dtype, jnp.floating):
-      keep = ~skip if whole else _usable(g, bound) & ~skip
-      g = jnp.where(keep, g, jnp.zeros((), g.dtype))
-    out.append(g)
-  return jax.tree.unflatten(treedef, out)
+                                    eps=eps)
 
 
 def _next_phase_ref(w: _Wiring, inner_state, grads, plan, key):
@@ -816,18 +752,17 @@ def _update_fn(w: _Wiring):
                 reward=None, **extra_args):
     _check_value(value)
     dtype = state.controller.energy.dtype
-    bound = _overflow_bound(updates, dtype)
+    grads = sanitize(updates, w.inf_value, _overflow_bound(updates, dtype))
     state = state._replace(controller=_adopt_overrides(
         state.controller, state.inner_state, w.ctrl.specs))
-    plan = w.plan(updates)
+    plan = w.plan(grads)
     if plan is None and w.noise is None:
       # Nothing draws (exact statistics, no parameter noise): the key is
       # carried unchanged rather than paying a threefry split per step.
       key = stats_key = noise_key = state.key
     else:
       key, stats_key, noise_key = jax.random.split(state.key, 3)
-    stats = _statistics(w, updates, state, plan, dtype, bound)
-    grads = _base_gradient(w, updates, stats, plan, bound)
+    stats = _statistics(w, updates, grads, state, plan, dtype)
     extra_args = dict(extra_args, value=value)
     if reward is not None:
       extra_args["reward"] = reward

@@ -49,11 +49,8 @@ class GradStats(NamedTuple):
     dot: inner product of the gradient with the phase reference (the base
       optimizer's momentum, or the previous gradient).
     ref_sumsq: squared norm of the phase reference.
-    nonfinite: number of unusable gradient entries seen (before they
-      were sanitised): non-finite, or beyond the statistics' overflow bound
-      (:func:`overflow_bound`); on sampled coordinates when sampling, to
-      which :func:`ae_jax.adapt` adds the small sampled leaves read whole
-      (an entry there can count twice: what matters is a count above 0).
+    nonfinite: number of non-finite gradient entries seen (before they
+      were sanitised; on sampled coordinates when sampling).
     horizon_dot: inner product of the gradient with the long-horizon
       reference (``ae.adapt``'s ``horizon``: the recent displacement), or
       ``()`` without one.
@@ -315,10 +312,9 @@ def overflow_bound(size: int, dtype) -> float:
   ``Σg·m`` and the EMAs).
 
   Gradient entries beyond it are read as ``±bound`` by the statistics and
-  counted as unusable (:func:`unusable`; :func:`ae_jax.adapt` never passes
-  them to the base), so a finite but absurd gradient (1e19 in float32, whose
-  square overflows) never turns ``‖g‖²`` into inf and an EMA into
-  ``inf - inf``. Real gradients are many decades below it (9e14 per
+  passed to the base at that size, so a finite but absurd gradient (1e19 in
+  float32, whose square overflows) never turns ``‖g‖²`` into inf and an EMA
+  into ``inf - inf``. Real gradients are many decades below it (9e14 per
   entry at 1e8 float32 parameters).
   """
   return math.sqrt(float(jnp.finfo(dtype).max) / (4.0 * max(int(size), 1)))
@@ -332,27 +328,12 @@ def clamp(x, bound: float):
   return jnp.clip(x, -bound, bound)
 
 
-def unusable(x, bound: float):
-  """Where ``x`` holds no usable value: NaN, ±inf, or beyond ``±bound``
-  (a bound beyond ``x``'s dtype leaves the non-finite entries)."""
-  if bound >= float(jnp.finfo(x.dtype).max):
-    return ~jnp.isfinite(x)
-  return ~(jnp.abs(x) <= bound)
-
-
-def count_unusable(leaves, bound: float, dtype):
-  """How many entries of ``leaves`` (small arrays) are unusable: one
-  reduction over their concatenation."""
-  flat = jnp.concatenate([_flat(x) for x in leaves])
-  return jnp.sum(unusable(flat, bound).astype(dtype))
-
-
 def _leaf_sums(g, m, dtype, inf_value, bound, h=None):
   """(Σg, Σg², Σg·m, Σm², #non-finite) of one leaf (or of sampled blocks of
   it), and (Σg·h, Σh²) with a long-horizon reference ``h``; non-finite
   entries of ``g`` sanitised to 0 / ±inf_value and every entry clamped to
   ``±bound`` (:func:`overflow_bound`)."""
-  nonfinite = jnp.sum(unusable(g, bound)).astype(dtype)
+  nonfinite = jnp.sum(~jnp.isfinite(g)).astype(dtype)
   g = clamp(jnp.nan_to_num(g.astype(dtype), nan=0.0, posinf=inf_value,
                            neginf=-inf_value), bound)
   sums = [jnp.sum(g), jnp.sum(g * g)]
@@ -438,7 +419,7 @@ def _concatenated_stats(pairs, dtype, inf_value, bound, horizons=None,
   g = jnp.concatenate([_flat(g).astype(dtype) for g, _, _ in pairs])
   weight = _element_weights(pairs, dtype)
   weigh = (lambda x: x) if weight is None else (lambda x: weight * x)
-  nonfinite = unusable(g, bound).astype(dtype)
+  nonfinite = (~jnp.isfinite(g)).astype(dtype)
   g = clamp(jnp.nan_to_num(g, nan=0.0, posinf=inf_value, neginf=-inf_value),
             bound)
   wg = weigh(g)
@@ -465,9 +446,8 @@ def _concatenated_stats(pairs, dtype, inf_value, bound, horizons=None,
 
 
 def _stats(pairs, size, dtype, inf_value, horizons=None,
-           second=None, bound=None) -> GradStats:
-  if bound is None:
-    bound = overflow_bound(size, dtype)
+           second=None) -> GradStats:
+  bound = overflow_bound(size, dtype)
   if pairs and sum(g.size for g, _, _ in pairs) <= CONCAT_LIMIT:
     return GradStats(jnp.asarray(size, dtype),
                      *_concatenated_stats(pairs, dtype, inf_value, bound,
@@ -488,13 +468,13 @@ def _stats(pairs, size, dtype, inf_value, horizons=None,
 
 def gradient_stats(grads, reference=None, dtype=None, *,
                    inf_value=0.0, horizon=None, second_moment=None,
-                   eps=0.0, bound=None) -> GradStats:
+                   eps=0.0) -> GradStats:
   """Exact global reductions of ``grads`` over all leaves.
 
   Args:
     grads: gradient pytree (any float dtype; accumulated in ``dtype``);
-      unusable entries (:func:`unusable`) are counted, then read as 0 (NaN)
-      or ±``inf_value`` and clamped to ``±bound``.
+      non-finite entries are counted, then read as 0 (NaN) or
+      ±``inf_value``.
     reference: phase reference with the structure of ``grads`` (the base's
       momentum or the previous gradient), or None (``ρ`` is then 0).
     dtype: accumulation dtype, :func:`controller_dtype` by default.
@@ -506,8 +486,6 @@ def gradient_stats(grads, reference=None, dtype=None, *,
       ``reference / (sqrt(ν) + eps)``, computed after the leaves are
       concatenated (no kernel per leaf).
     eps: Adam's ε of that direction.
-    bound: the entry bound, :func:`overflow_bound` of the size and
-      ``dtype`` by default (a smaller one, the base's, may be given).
   """
   dtype = dtype or controller_dtype()
   leaves = jax.tree.leaves(grads)
@@ -517,7 +495,7 @@ def gradient_stats(grads, reference=None, dtype=None, *,
   second = (None if second_moment is None or reference is None
             else (jax.tree.leaves(second_moment), eps))
   return _stats([(g, m, 1.0) for g, m in zip(leaves, refs)], size, dtype,
-                inf_value, _horizon_leaves(horizon), second, bound)
+                inf_value, _horizon_leaves(horizon), second)
 
 
 def _horizon_leaves(horizon):
@@ -691,8 +669,7 @@ def take_blocks(tree, starts) -> tuple:
 
 
 def sampled_gradient_stats(grads, sample: PhaseSample, plan, dtype=None, *,
-                           inf_value=0.0, horizon=None,
-                           bound=None) -> GradStats:
+                           inf_value=0.0, horizon=None) -> GradStats:
   """:class:`GradStats` estimated on the blocks of ``sample``.
 
   Sums over a leaf's blocks are rescaled by :func:`block_scale`, which
@@ -709,7 +686,6 @@ def sampled_gradient_stats(grads, sample: PhaseSample, plan, dtype=None, *,
     inf_value: the value ±inf entries are read as.
     horizon: the whole long-horizon reference (structure of ``grads``), or
       None; it is read on the same blocks.
-    bound: the entry bound (:func:`gradient_stats`).
   """
   dtype = dtype or controller_dtype()
   leaves = jax.tree.leaves(grads)
@@ -722,7 +698,7 @@ def sampled_gradient_stats(grads, sample: PhaseSample, plan, dtype=None, *,
     pairs.append((g, m, scale))
   horizons = (None if horizon is None
               else list(take_blocks(horizon, starts)))
-  return _stats(pairs, size, dtype, inf_value, horizons, bound=bound)
+  return _stats(pairs, size, dtype, inf_value, horizons)
 
 
 def safe_sqrt(x):
