@@ -697,6 +697,43 @@ def ae_adam(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9,
                  gains=gains, smooth=smooth, step_scale=step_scale)
 
 
+def adamw_decay_at(rate):
+  """``optax.adamw`` whose decoupled weight decay runs at a fixed ``rate``.
+
+  .. math::
+
+    u_t = -\\alpha_t \\, \\hat m_t / (\\sqrt{\\hat v_t} + \\epsilon)
+          - r \\, \\lambda_t \\, \\theta_{t-1}
+
+  where ``optax.adamw`` has :math:`\\alpha_t \\lambda_t` in place of
+  :math:`r \\lambda_t`. The base of :func:`ae_adamw`, with :math:`r` the
+  user's learning rate: the laws adapt α, and the decay stays the one the
+  user set. Coupled to the adapted α (as before 2026-12-07), the decay grew
+  with it (10-1,000x ``optax.adamw``'s at the same λ on the class-shift
+  task, where α rose to 0.01-1) and held Rosenbrock at f ~ 1e-6 from every
+  start (``benchmarks/RESULTS.md``, "Weight decay at the user's rate").
+
+  Args:
+    rate: the rate :math:`r` the decay runs at (a positive scalar).
+
+  Returns:
+    A factory with ``optax.adamw``'s hyperparameters (``learning_rate``,
+    ``b1``, ``b2``, ``eps``, ``weight_decay``), for
+    :func:`injected`.
+
+  References:
+    Loshchilov & Hutter, `Decoupled Weight Decay Regularization
+    <https://arxiv.org/abs/1711.05101>`_, 2019.
+  """
+
+  def adamw(learning_rate, b1, b2, eps, weight_decay):
+    # α > 0 always: Ω's floor is a positive fraction of α0.
+    return optax.adamw(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
+                       weight_decay=weight_decay * rate / learning_rate)
+
+  return adamw
+
+
 def ae_adamw(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9,
              b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 1e-4,
              *, sigma: float | None = None, learning_rate_bounds=None,
@@ -714,7 +751,11 @@ def ae_adamw(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9,
     b2: initial β2.
     eps: initial ε.
     weight_decay: initial λ (decoupled, as in ``optax.adamw``); 0 keeps it
-      at 0.
+      at 0. The parameters decay by ``learning_rate · λ`` per step (times
+      the schedule's shape with a schedule), what ``optax.adamw`` does at
+      that rate, whatever rate α the laws adapt to: AdamW decouples the
+      decay from the gradient step's rate (Loshchilov & Hutter, 2019), so
+      tuning α leaves it alone (:func:`adamw_decay_at`).
     sigma: initial parameter-noise σ (``None`` or 0: no noise).
     learning_rate_bounds: Ω for α (default: 1e-6 α₀ to 1e5 α₀).
     warm_start: α begins at ``warm_start · learning_rate`` and climbs on
@@ -734,7 +775,7 @@ def ae_adamw(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9,
       learning_rate_bounds=learning_rate_bounds,
       weight_decay_bounds=weight_decay_bounds, sigma_bounds=sigma_bounds,
       eps_bounds=eps_bounds, warm_start=warm_start)
-  inner = injected(optax.adamw, learning_rate=alpha0, b1=b1, b2=b2,
-                   eps=eps, weight_decay=weight_decay)
+  inner = injected(adamw_decay_at(alpha0), learning_rate=alpha0, b1=b1,
+                   b2=b2, eps=eps, weight_decay=weight_decay)
   return _finish(inner, specs, laws_chain, delayed=delayed, seed=seed,
                  gains=gains, smooth=smooth, step_scale=step_scale)

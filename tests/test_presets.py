@@ -512,3 +512,26 @@ def test_ae_sgdm_default_starts_like_optax_sgd_default():
   jax.tree.map(
       lambda a, b: np.testing.assert_allclose(a, 1e-3 * b, rtol=1e-6),
       u, u_ref)
+
+
+@pytest.mark.parametrize("lr", [1e-3, 0.1])
+def test_adamw_decays_at_the_users_rate_whatever_alpha(lr):
+  # A zero gradient leaves the decay alone in the update: lr · λ · θ per
+  # step (optax.adamw's at that rate), while α sits at its warm start
+  # 1e-3 · lr; before 2026-12-07 the decay ran at α (1e-3 of this).
+  params = {"w": jnp.array([1.0, -2.0, 0.5])}
+  tx = ae.ae_adamw(lr, weight_decay=0.1)
+  state = tx.init(params)
+  update = jax.jit(lambda g, s, p: tx.update(g, s, p, value=jnp.float32(1.0)))
+  updates, state = update({"w": jnp.zeros(3)}, state, params)
+  np.testing.assert_allclose(updates["w"], -lr * 0.1 * params["w"], rtol=1e-5)
+  alpha = float(ae.coefficients(state)["learning_rate"])
+  assert alpha < 2e-3 * lr
+  # The base: Adam's step at α (its first step is α · sign(g)), the
+  # decay at the given rate.
+  base = ae.presets.adamw_decay_at(lr)(1e-2, 0.9, 0.999, 1e-8, 0.1)
+  grads = {"w": jnp.array([0.3, -0.1, 0.2])}
+  updates, _ = base.update(grads, base.init(params), params)
+  np.testing.assert_allclose(
+      updates["w"], -1e-2 * np.sign(grads["w"]) - lr * 0.1 * params["w"],
+      rtol=1e-4)
