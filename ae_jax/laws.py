@@ -812,10 +812,11 @@ def hypergradient(coefficient: str = "learning_rate", *,
   With ``horizon``, while the loss still falls ρ is read against the recent
   displacement instead, :math:`\rho^H_t = \cos\angle(g_t, -D_{t-1})`,
   :math:`D_t = \gamma D_{t-1} + \Delta\theta_t` (``ae.adapt``'s
-  ``horizon`` γ), in the share the loss's progress and the one-step
-  sign's inconclusiveness give it:
-  :math:`\rho \leftarrow \rho_t + (1 - s_t)(1 - |h_{t-1}|)(\rho^H_t -
-  \rho_t)`, :math:`s_t = \sigma(4(\zeta - p_t))`.
+  ``horizon`` γ), in the share the loss's progress, the one-step
+  sign's inconclusiveness and the gradient noise give it:
+  :math:`\rho \leftarrow \rho_t + (1 - s_t)(1 - |h_{t-1}|)
+  (1 - \mathrm{LP}_{\beta_2}(\tilde\rho^2))(\rho^H_t - \rho_t)`,
+  :math:`s_t = \sigma(4(\zeta - p_t))`.
   The derivative of the loss with respect to :math:`\log\alpha` is
   :math:`-\alpha_{t-1} g_t^\top d_{t-1}`, so ρ > 0 says the last step was
   too short and ρ < 0 that it overshot. Dividing the filtered ρ by its RMS
@@ -885,7 +886,9 @@ def hypergradient(coefficient: str = "learning_rate", *,
       back-and-forth a sum of steps cancels: with momentum SGD on a CNN it
       held α ~6x below the best fixed rate (``docs/laws.md``, "Long
       horizon"). At the floor the one-step ρ is kept: against the
-      displacement ρ reads the floor's own wander as alignment.
+      displacement ρ reads the floor's own wander as alignment. So it is
+      on deterministic gradients (mean square of ρ near 1), where the
+      one-step reading has no noise bias to correct.
     filter_mode: EMA flavour, see :class:`ae_jax.measurement.FilterConfig`.
     smooth: AE-9: the sign test becomes ``sigmoid(h_t h_{t-1} / τ)``;
       ``True`` uses :data:`DEFAULT_TEMPERATURE`.
@@ -940,6 +943,7 @@ def hypergradient(coefficient: str = "learning_rate", *,
   def update_fn(updates, state, params=None, *, signals, **extra_args):
     del params, extra_args
     measured = jnp.asarray(signals.rho, state.mean.dtype)
+    square = _rho_square(state, square_decay)
     if progress_gate is None:
       weight, stalled, loss_state = reversal_weight, 1.0, ((), (), ())
     else:
@@ -955,7 +959,7 @@ def hypergradient(coefficient: str = "learning_rate", *,
       streak = jnp.where(rising, jnp.minimum(state.streak + 1,
                                              overshoot_steps), 0)
       overshoot = streak >= overshoot_steps
-    rho = _read_rho(state, signals, weight, stalled, overshoot,
+    rho = _read_rho(state, signals, weight, stalled, overshoot, square,
                     horizon=horizon, alternation=alternation, temp=temp)
     (mean, square), (mean_hat, square_hat) = measurement.emas(
         (state.mean, state.square), (rho, rho * rho), (decay, square_decay),
@@ -1007,8 +1011,18 @@ def _checked_hypergradient_options(progress_gate, progress_decays,
   return progress_reset, int(overshoot_steps)
 
 
+def _rho_square(state: HypergradientState, square_decay):
+  """LP(ρ̃²), debiased and clipped to [0, 1] (1 before any measurement):
+  ~1 on deterministic gradients, 0.03-0.1 on minibatches."""
+  seen = state.count.astype(state.square.dtype)
+  square = jnp.where(state.count > 0, state.square / jnp.maximum(
+      1.0 - jnp.asarray(square_decay, state.square.dtype) ** seen, _TINY),
+      1.0)
+  return jnp.clip(square, 0.0, 1.0)
+
+
 def _read_rho(state: HypergradientState, signals, weight, stalled,
-              overshoot, *, horizon, alternation, temp):
+              overshoot, square, *, horizon, alternation, temp):
   """The ρ̃ that :func:`hypergradient` filters: the measured ρ, the
   long-horizon ρ in its share (with ``horizon``), −1 on an overshoot or a
   flip, and reversals weighted by ``weight``."""
@@ -1018,8 +1032,13 @@ def _read_rho(state: HypergradientState, signals, weight, stalled,
     # small, near α's equilibrium): the hypergradient over the recent
     # steps. A clear sign (the climb from a bad start, |h| ~ 1) keeps the
     # one-step ρ: after a turn of the road the displacement still points
-    # the old way and read low there.
-    share = (1.0 - stalled) * (1.0 - jnp.abs(state.last))
+    # the old way and read low there. So do deterministic gradients
+    # (LP(ρ̃²) ~ 1): the bias the horizon corrects comes from gradient
+    # noise, and after an overshoot the displacement remembers the long
+    # road there and reads "reversal" while the iterate creeps back (a
+    # plain quadratic stalled ~150 steps with α cut 1e4-fold).
+    share = ((1.0 - stalled) * (1.0 - jnp.abs(state.last))
+             * (1.0 - square))
     rho = rho + share * (jnp.asarray(signals.rho_horizon, rho.dtype) - rho)
   # A clipped gradient (beyond FilterConfig.grad_clip times its running
   # norm) while the loss rises above its running mean reads as a full
@@ -1078,8 +1097,8 @@ def _gated_weight(state: HypergradientState, loss, weight, progress_weight,
   stalled the loss is (s_t in (0, 1)) and the new loss filters: ``weight``
   where the loss's improvement z-score is
   below the gate, ``progress_weight`` where the loss still falls clearly,
-  pulled toward 1 by the mean square of ρ: its correction is for noisy
-  gradients, and ρ² near 1 says they are not. With ``reset`` r, the slow
+  pulled toward 1 by the mean square of ρ (:func:`_rho_square`): its
+  correction is for noisy gradients, and ρ² near 1 says they are not. With ``reset`` r, the slow
   mean handed back restarts at the fast mean where the z-score is below
   −r (a jump of the loss)."""
   fast_decay, slow_decay = decays
@@ -1087,12 +1106,8 @@ def _gated_weight(state: HypergradientState, loss, weight, progress_weight,
   # (Wu et al. 2018); |ρ| ~ 1 on deterministic gradients, where the greedy
   # rate is right and a w_p < 1 only drives α into oscillation (the
   # reference quadratic), and |ρ| ~ 0.1-0.4 on minibatches.
-  seen = state.count.astype(state.square.dtype)
-  square = jnp.where(state.count > 0, state.square / jnp.maximum(
-      1.0 - jnp.asarray(square_decay, state.square.dtype) ** seen, _TINY),
-      1.0)
   progress_weight = 1.0 - (1.0 - progress_weight) * (
-      1.0 - jnp.clip(square, 0.0, 1.0))
+      1.0 - _rho_square(state, square_decay))
   loss = jnp.asarray(loss, state.mean.dtype)
   (fast, slow), (fast_hat, slow_hat) = measurement.emas(
       (state.loss_fast, state.loss_slow), (loss, loss),

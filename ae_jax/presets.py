@@ -519,19 +519,36 @@ def ae_sgdm(learning_rate: optax.ScalarOrSchedule = 1e-1,
             travel_cap: float | None = TRAVEL_CAP,
             horizon: float | None = PHASE_HORIZON,
             ) -> optax.GradientTransformationExtraArgs:
-  """AE-SGDm: SGD with EMA momentum whose α, β (``momentum``) and σ evolve.
+  """AE-SGDm: SGD with EMA momentum whose step size α finds itself.
 
   .. math::
 
-    \\log\\alpha_{t+1} = \\log\\alpha_t + \\eta_a\\big(k_1\\tanh(-T_t/\\tau)
-      - k_2\\,\\phi_V + k_3(\\rho_t-\\rho^\\star)
-      - \\gamma_\\alpha(\\log\\alpha_t-\\log\\bar\\alpha)\\big) + \\text{gauge}
+    m_t = \\beta m_{t-1} + (1-\\beta)\\,c_t g_t,\\qquad
+    \\theta_{t+1} = \\theta_t - \\alpha_t m_t,
 
-    \\beta_{t+1} = \\Pi\\big(\\beta_t + \\eta_b(b_1\\tanh(\\rho_t-\\rho^\\star)
-      - b_2\\,\\phi_V - \\gamma_\\beta(\\beta_t-\\bar\\beta))\\big)
+    \\log\\alpha_{t+1} = \\Pi_\\Omega\\big(\\log\\alpha_t + \\kappa_t h_t\\big),
+    \\qquad h_t = \\frac{\\mathrm{LP}(\\tilde\\rho_t)}
+      {\\sqrt{\\mathrm{LP}(\\tilde\\rho_t^2)}},\\qquad
+    \\rho_t = \\cos\\angle(g_t, m_{t-1})
 
-  The base is SGD with EMA momentum (:func:`ema_sgd`), so that moving β does
-  not move the step size. Its α is therefore ``1 / (1 - β)`` times Optax's
+  By default only α adapts, by the step-size law
+  (:func:`ae_jax.laws.hypergradient`): ρ > 0 says the last step was too
+  short, ρ < 0 that it overshot, and α moves by up to κ_t = 0.2 in log space
+  per step while the sign of the filtered ρ holds (an Rprop gain that
+  shrinks when it flips). α starts at ``warm_start · learning_rate`` and may
+  travel in Ω = α₀·[1e-6, 1e5]; c_t is the relative gradient clip; a travel
+  cap bounds each step by the distance travelled so far (DoG's idea), and
+  while the loss falls ρ is also read against the recent displacement
+  (``horizon``). ``docs/laws.md`` ("The canonical chain", "Preset defaults")
+  gives each default and the measurement that chose it.
+
+  β (``momentum``) and σ are coefficients in the state
+  (:func:`ae_jax.coefficients` reads them) but stay at their initial values
+  (β drifts by ~1e-6 per step under Ω's barrier) unless ``laws_chain`` adds a
+  law that moves them, e.g. the theory's drive
+  (``canonical_laws(names, drive=True)``); σ > 0 adds AE-4's noise law. The
+  base is SGD with EMA momentum (:func:`ema_sgd`), so that moving β does not
+  move the step size. Its α is therefore ``1 / (1 - β)`` times Optax's
   heavy-ball rate: ``ae_sgdm(0.1, 0.9)`` starts with the same steps as
   ``optax.sgd(1e-2, momentum=0.9)``, which is why the default α is 0.1.
 
@@ -563,7 +580,34 @@ def ae_sgdm(learning_rate: optax.ScalarOrSchedule = 1e-1,
       buffer). ``None``: the one-step ρ throughout.
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``value=``.
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``value=``
+    (the minibatch loss).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, ae_jax as ae
+    >>> loss = lambda p: jnp.sum((p - 3.0) ** 2)
+    >>> params = jnp.zeros(4)
+    >>> opt = ae.ae_sgdm(0.1)
+    >>> state = opt.init(params)
+    >>> @jax.jit
+    ... def step(params, state):
+    ...   value, grad = jax.value_and_grad(loss)(params)
+    ...   updates, state = opt.update(grad, state, params, value=value)
+    ...   return optax.apply_updates(params, updates), state
+    >>> for _ in range(200):
+    ...   params, state = step(params, state)
+    >>> bool(loss(params) < 1e-3)
+    True
+
+  References:
+    Baydin et al., `Online Learning Rate Adaptation with Hypergradient
+    Descent <https://arxiv.org/abs/1703.04782>`_, ICLR 2018;
+    Riedmiller and Braun, `A direct adaptive method for faster
+    backpropagation learning: the RPROP algorithm
+    <https://doi.org/10.1109/ICNN.1993.298623>`_, ICNN 1993;
+    Ivgi, Hinder and Carmon, `DoG is SGD's Best Friend: A Parameter-Free
+    Dynamic Step Size Schedule <https://arxiv.org/abs/2302.12022>`_,
+    ICML 2023.
   """
   alpha0, learning_rate_bounds, step_scale = _rate(
       learning_rate, learning_rate_bounds, 1e-1)
@@ -664,12 +708,29 @@ def ae_adam(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9,
             delayed: bool = False, seed: int = 0,
             gains: LawGains | None = None, smooth=False,
             ) -> optax.GradientTransformationExtraArgs:
-  """AE-Adam: Adam whose α, β1, β2, ε and σ evolve (theory section 6).
+  """AE-Adam: Adam whose step size α finds itself.
 
-  β1 tracks ρ, β2 rises with V, ε grows with instability and relaxes with
-  quality; α follows the AE-SGDm drive and the resonance clamp. The gauge
-  (AE-8) is left out: Adam's step does not scale with ‖g‖, so α‖g‖ is not its
-  effective step (docs/laws.md).
+  .. math::
+
+    u_t = -\\alpha_t\\, \\hat m_t / (\\sqrt{\\hat v_t} + \\epsilon),\\qquad
+    \\log\\alpha_{t+1} = \\Pi_\\Omega\\big(\\log\\alpha_t + \\kappa_t h_t\\big),
+    \\qquad \\rho_t = \\cos\\angle\\big(g_t, \\hat m_{t-1} /
+      (\\sqrt{\\hat v_{t-1}} + \\epsilon)\\big)
+
+  with :math:`h_t` the step-size law's filtered sign of ρ
+  (:func:`ae_jax.laws.hypergradient`, see :func:`ae_sgdm`), measured against
+  the preconditioned momentum, the direction Adam last stepped in. α starts
+  at ``warm_start · learning_rate`` and may travel in Ω = α₀·[1e-6, 1e5];
+  the gradient passes the relative clip first. Reversals weigh 2 once the
+  loss stops improving (the short-horizon correction, ``docs/laws.md``,
+  "Reversal weight", "Progress gate").
+
+  β1, β2, ε and σ are coefficients in the state (:func:`ae_jax.coefficients`
+  reads them) but stay at their initial values unless ``laws_chain`` adds a
+  law that moves them (``canonical_laws(names, drive=True)``: the theory's
+  rows, β1 tracking ρ, β2 rising with the variance); σ > 0 adds AE-4's noise
+  law. The gauge (AE-8) is left out: Adam's step does not scale with ‖g‖, so
+  α‖g‖ is not its effective step.
 
   Args:
     learning_rate: initial α.
@@ -686,6 +747,32 @@ def ae_adam(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9,
     seed: noise seed.
     gains: a :class:`LawGains` (may be traced); see :func:`ae_sgdm`.
     smooth: AE-9 smooth mode; see :func:`ae_sgdm`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``value=``
+    (the minibatch loss).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, ae_jax as ae
+    >>> loss = lambda p: jnp.sum((p - 3.0) ** 2)
+    >>> params = jnp.zeros(4)
+    >>> opt = ae.ae_adam(1.0)  # 1000x the usual rate
+    >>> state = opt.init(params)
+    >>> @jax.jit
+    ... def step(params, state):
+    ...   value, grad = jax.value_and_grad(loss)(params)
+    ...   updates, state = opt.update(grad, state, params, value=value)
+    ...   return optax.apply_updates(params, updates), state
+    >>> for _ in range(300):
+    ...   params, state = step(params, state)
+    >>> bool(loss(params) < 1e-3)
+    True
+
+  References:
+    Kingma and Ba, `Adam: A Method for Stochastic Optimization
+    <https://arxiv.org/abs/1412.6980>`_, ICLR 2015;
+    Baydin et al., `Online Learning Rate Adaptation with Hypergradient
+    Descent <https://arxiv.org/abs/1703.04782>`_, ICLR 2018.
   """
   alpha0, learning_rate_bounds, step_scale = _rate(
       learning_rate, learning_rate_bounds, 1e-3)
@@ -743,7 +830,19 @@ def ae_adamw(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9,
              delayed: bool = False, seed: int = 0,
              gains: LawGains | None = None, smooth=False,
              ) -> optax.GradientTransformationExtraArgs:
-  """AE-AdamW: AdamW whose α, β1, β2, ε, λ and σ evolve (theory section 6).
+  """AE-AdamW: AdamW whose step size finds itself; decay at the user's rate.
+
+  .. math::
+
+    u_t = -\\alpha_t\\, \\hat m_t / (\\sqrt{\\hat v_t} + \\epsilon)
+      - r\\,\\lambda\\,\\theta_{t-1}
+
+  with α adapted as in :func:`ae_adam` (the step-size law,
+  :func:`ae_jax.laws.hypergradient`) and the decoupled decay at the user's
+  ``learning_rate`` r (:func:`adamw_decay_at`), not at the adapted α. β1,
+  β2, ε, λ and σ are coefficients in the state but stay at their initial
+  values unless ``laws_chain`` adds a law that moves them
+  (``canonical_laws(names, drive=True)``); σ > 0 adds AE-4's noise law.
 
   Args:
     learning_rate: initial α.
@@ -767,6 +866,32 @@ def ae_adamw(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9,
     seed: noise seed.
     gains: a :class:`LawGains` (may be traced); see :func:`ae_sgdm`.
     smooth: AE-9 smooth mode; see :func:`ae_sgdm`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``value=``
+    (the minibatch loss).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, ae_jax as ae
+    >>> loss = lambda p: jnp.sum((p - 3.0) ** 2)
+    >>> params = jnp.zeros(4)
+    >>> opt = ae.ae_adamw(1e-5, weight_decay=1e-4)  # 100x too low a rate
+    >>> state = opt.init(params)
+    >>> @jax.jit
+    ... def step(params, state):
+    ...   value, grad = jax.value_and_grad(loss)(params)
+    ...   updates, state = opt.update(grad, state, params, value=value)
+    ...   return optax.apply_updates(params, updates), state
+    >>> for _ in range(300):
+    ...   params, state = step(params, state)
+    >>> bool(loss(params) < 1e-3)
+    True
+
+  References:
+    Loshchilov and Hutter, `Decoupled Weight Decay Regularization
+    <https://arxiv.org/abs/1711.05101>`_, ICLR 2019;
+    Baydin et al., `Online Learning Rate Adaptation with Hypergradient
+    Descent <https://arxiv.org/abs/1703.04782>`_, ICLR 2018.
   """
   alpha0, learning_rate_bounds, step_scale = _rate(
       learning_rate, learning_rate_bounds, 1e-3)

@@ -600,28 +600,65 @@ def _law_means(law, pairs):
 
 def test_hypergradient_horizon_share_by_hand():
   kw = dict(gain=0.2, decay=0.5, square_decay=0.5)
-  pairs = [(0.1, 0.7), (0.2, -0.5), (-0.3, 0.4)]
+  pairs = [(0.1, 0.7), (-0.1, -0.5), (-0.3, 0.4)]
   # Loss held at 0: the progress z-score is 0, so a gate ζ = -10 reads the
   # loss as falling (s = sigmoid(-40) ~ 0), ζ = +10 as stalled (s ~ 1).
   falling = laws.hypergradient(progress_gate=-10.0, horizon=True, **kw)
   stalled = laws.hypergradient(progress_gate=10.0, horizon=True, **kw)
   plain = laws.hypergradient(**kw)
-  # Step 1: no h yet (0), the loss falls: ρ_H whole. Step 2: h_1 = 1 (a
-  # clear sign): ρ whole. Step 3: h_2 = (0.5·0.7 + 0.2)/... in (0, 1):
-  # the share 1 - |h_2| of ρ_H.
+  # Step 1: no measurement yet, so LP(ρ̃²) counts as 1 (noise-free): ρ
+  # whole. Step 2: h_1 = 1 (a clear sign): ρ whole. Step 3: h_2 < 0 and
+  # LP(ρ̃²) small (minibatch-like |ρ|): the share (1 - |h_2|)(1 - LP(ρ̃²))
+  # of ρ_H.
   means = _law_means(falling, pairs)
-  np.testing.assert_allclose(
-      means[:2], _law_means(plain, [(0.7, 0.0), (0.2, 0.0)]), rtol=1e-5)
-  # accumulators (decay 0.5) after 0.7, 0.2 and their debiased values
-  mean, square = 0.25 * 0.7 + 0.5 * 0.2, 0.25 * 0.49 + 0.5 * 0.04
+  np.testing.assert_allclose(means[:2], _law_means(plain, pairs)[:2],
+                             rtol=1e-5)
+  # accumulators (decay 0.5) after 0.1, -0.1 and their debiased values
+  mean, square = 0.25 * 0.1 - 0.5 * 0.1, 0.25 * 0.01 + 0.5 * 0.01
   h2 = (mean / 0.75) / math.sqrt(max(square / 0.75, (mean / 0.75) ** 2))
-  mixed = -0.3 + (1 - h2) * (0.4 + 0.3)
+  share = (1 - abs(h2)) * (1 - square / 0.75)
+  assert 0.6 < share < 0.7, share
+  mixed = -0.3 + share * (0.4 + 0.3)
   np.testing.assert_allclose(means[2], 0.5 * mean + 0.5 * mixed, rtol=1e-5)
   # On a stalled loss the one-step ρ throughout.
   np.testing.assert_allclose(_law_means(stalled, pairs),
                              _law_means(plain, pairs), rtol=1e-5)
   with pytest.raises(ValueError, match="progress_gate"):
     laws.hypergradient(horizon=True)
+
+
+def test_hypergradient_horizon_leaves_noise_free_gradients_alone():
+  # ρ = +1, -1, ... (a deterministic overshoot back and forth: h ~ 0, so
+  # the sign test alone would hand the whole reading to ρ_H) against a
+  # displacement that says "keep going" (ρ_H = 0.5). LP(ρ̃²) = 1: no noise
+  # bias to correct, so the one-step reading stays, as without a horizon.
+  kw = dict(gain=0.2, decay=0.5, square_decay=0.5)
+  pairs = [(1.0 if k % 2 == 0 else -1.0, 0.5) for k in range(12)]
+  falling = laws.hypergradient(progress_gate=-10.0, horizon=True, **kw)
+  plain = laws.hypergradient(**kw)
+  np.testing.assert_allclose(_law_means(falling, pairs),
+                             _law_means(plain, pairs), atol=1e-6)
+
+
+def test_ae_sgdm_finishes_a_plain_quadratic_after_its_overshoot():
+  # The climb from the warm start overshoots once (step ~40); then the
+  # displacement remembers the long road and, read in full, said "reversal"
+  # while the iterate crept back: α fell 1e4-fold and the loss sat at 1.28
+  # from step 100 to 220. Deterministic gradients keep the one-step ρ.
+  loss = lambda p: jnp.sum((p - 3.0) ** 2)
+  opt = ae.ae_sgdm(0.1)
+
+  def step(carry, _):
+    p, s = carry
+    v, g = jax.value_and_grad(loss)(p)
+    u, s = opt.update(g, s, p, value=v)
+    return (optax.apply_updates(p, u), s), v
+
+  p0 = jnp.zeros(4)
+  (p, _), values = jax.lax.scan(step, (p0, opt.init(p0)), length=200)
+  values = np.asarray(values)
+  assert np.any(np.diff(values[20:100]) > 0)  # the loss rose: an overshoot
+  assert float(loss(p)) < 1e-3, float(loss(p))  # ... that was recovered
 
 
 def _quadratic_grad(p):
