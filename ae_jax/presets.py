@@ -69,6 +69,12 @@ GRAD_CLIP = 4.0
 # for Adam) α can reach any other (docs/laws.md, "Warm start and Ω").
 LEARNING_RATE_RANGE = (1e-6, 1e5)
 WARM_START = 1e-3
+# ae_sgdm starts at its given rate: its travel cap bounds the first step to
+# TRAVEL_RADIUS (1 + ‖θ₀‖) and lowers α to match, whatever α₀, which is the
+# warm start's job, and a low start then climbs no extra three decades
+# (docs/laws.md, "ae_sgdm starts at its rate"). Without the cap it warm-starts
+# like the Adam presets.
+SGDM_WARM_START = 1.0
 # ae_sgdm's travel cap (ae.adapt's travel_cap): no step longer than
 # TRAVEL_CAP times the road travelled so far plus TRAVEL_RADIUS (1 + ‖θ₀‖)
 # (docs/laws.md, "Travel cap"). SGD's step length is α‖m‖, unbounded in the
@@ -512,7 +518,7 @@ def _finish(inner, specs, laws_chain, *, delayed, seed, gains, smooth,
 def ae_sgdm(learning_rate: optax.ScalarOrSchedule = 1e-1,
             momentum: float = 0.9, *,
             sigma: float | None = None, learning_rate_bounds=None,
-            warm_start: float = WARM_START,
+            warm_start: float | None = None,
             momentum_bounds=(0.0, 0.99), sigma_bounds=None,
             laws_chain=None, delayed: bool = False, seed: int = 0,
             gains: LawGains | None = None, smooth=False,
@@ -535,9 +541,11 @@ def ae_sgdm(learning_rate: optax.ScalarOrSchedule = 1e-1,
   (:func:`ae_jax.laws.hypergradient`): ρ > 0 says the last step was too
   short, ρ < 0 that it overshot, and α moves by up to κ_t = 0.2 in log space
   per step while the sign of the filtered ρ holds (an Rprop gain that
-  shrinks when it flips). α starts at ``warm_start · learning_rate`` and may
-  travel in Ω = α₀·[1e-6, 1e5]; c_t is the relative gradient clip; a travel
-  cap bounds each step by the distance travelled so far (DoG's idea), and
+  shrinks when it flips). α starts at the given rate and may travel in
+  Ω = α₀·[1e-6, 1e5]; c_t is the relative gradient clip; a travel cap bounds
+  each step by the distance travelled so far (DoG's idea: the first step is
+  at most 1e-3 (1 + ‖θ₀‖) long, so a rate far too high starts where the
+  cap puts it), and
   while the loss falls ρ is also read against the recent displacement
   (``horizon``). ``docs/laws.md`` ("The canonical chain", "Preset defaults")
   gives each default and the measurement that chose it.
@@ -559,7 +567,8 @@ def ae_sgdm(learning_rate: optax.ScalarOrSchedule = 1e-1,
     sigma: initial parameter-noise σ (``None`` or 0: no noise).
     learning_rate_bounds: Ω for α (default: 1e-6 α₀ to 1e5 α₀).
     warm_start: α begins at ``warm_start · learning_rate`` and climbs on
-      its hypergradient (1 starts at the given rate).
+      its hypergradient; ``None``: :data:`SGDM_WARM_START` (1, the given
+      rate) with the travel cap, :data:`WARM_START` (1e-3) without it.
     momentum_bounds: Ω for β.
     sigma_bounds: Ω for σ when σ > 0 (default: 1e-3 σ₀ to 1e2 σ₀).
     laws_chain: replaces :func:`canonical_laws` (e.g. for a knock-out).
@@ -611,6 +620,8 @@ def ae_sgdm(learning_rate: optax.ScalarOrSchedule = 1e-1,
   """
   alpha0, learning_rate_bounds, step_scale = _rate(
       learning_rate, learning_rate_bounds, 1e-1)
+  if warm_start is None:
+    warm_start = SGDM_WARM_START if travel_cap is not None else WARM_START
   _check_common(momentum=momentum, sigma=sigma, warm_start=warm_start,
                 learning_rate_bounds=learning_rate_bounds,
                 sigma_bounds=sigma_bounds)

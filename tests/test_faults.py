@@ -15,6 +15,16 @@ perturbation early in the run moves a seed between them either way. On
 ended it 0.49x its clean run; a bound per seed asserted one trajectory's
 digits. A fault that costs the run (parameters stuck or diverged) still
 fails both bounds.
+
+One measured exception, wider bounds: ``ae_sgdm``'s tiny start. Since
+2026-12-07 it starts at its given rate (``presets.SGDM_WARM_START``: the
+travel cap does the warm start's job), so on 1e-6-scaled gradients its α
+climbs 1e4-fold, as the hypergradient asks, to ~1e3 instead of ~1, and
+comes back down at <= 0.2 per step while the relative clip lets the true
+scale through at 1.15x per step. Over 12 seeds the ratio to the clean run
+was median 1.66, worst 2.97 (with the 1e-3 warm start: 1.24 and 2.02);
+the run goes on training either way (docs/laws.md, "ae_sgdm starts at its
+rate").
 """
 
 import jax
@@ -91,8 +101,13 @@ def test_each_fault_costs_little(name, default_optimization):
   ratios = finals[1:] / finals[0]
   medians = dict(zip(FAULTS[1:], np.median(ratios, axis=1).round(3)))
   worst = dict(zip(FAULTS[1:], ratios.max(axis=1).round(3)))
-  assert np.all(np.median(ratios, axis=1) <= 1.25), medians
-  assert np.all(ratios <= 2.0), worst
+  median_bound = np.full(len(FAULTS) - 1, 1.25)
+  seed_bound = np.full(len(FAULTS) - 1, 2.0)
+  if name == "ae_sgdm":  # the tiny start, see the module docstring
+    median_bound[FAULTS.index("tiny_start") - 1] = 2.0
+    seed_bound[FAULTS.index("tiny_start") - 1] = 3.5
+  assert np.all(np.median(ratios, axis=1) <= median_bound), medians
+  assert np.all(ratios.max(axis=1) <= seed_bound), worst
 
 
 def test_sanitize_zeroes_what_carries_no_usable_size():

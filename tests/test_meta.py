@@ -131,8 +131,10 @@ def _meta_problem():
     chain = ae.canonical_laws(NAMES, gains=gains, smooth=True,
                               gauge_warmup=5, resonance=True, gauge=True,
                               coupling=True, budget=True)
+    # The 1e-3 warm start keeps the travel cap (whose first radius would set
+    # α whatever the gains) from binding, so every gain acts on the run.
     tx = ae.ae_sgdm(0.05, 0.5, sigma=1e-3, gains=gains, smooth=True,
-                    laws_chain=chain)
+                    laws_chain=chain, warm_start=1e-3)
 
     def step(carry, t):
       p, s = carry

@@ -505,13 +505,24 @@ def test_ae_sgdm_default_starts_like_optax_sgd_default():
   u, _ = tx.update(g, tx.init(PARAMS), PARAMS, value=1.0)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
                u, u_ref)
-  # The default warm-starts α at 1e-3 of the rate: its first step is 1e-3 of
-  # optax.sgd's.
-  tx = ae.ae_sgdm(delayed=True)
+  # Without the cap the default warm-starts α at 1e-3 of the rate: its first
+  # step is 1e-3 of optax.sgd's.
+  tx = ae.ae_sgdm(delayed=True, travel_cap=None)
   u, _ = tx.update(g, tx.init(PARAMS), PARAMS, value=1.0)
   jax.tree.map(
       lambda a, b: np.testing.assert_allclose(a, 1e-3 * b, rtol=1e-6),
       u, u_ref)
+  # With it (the default) α starts at the rate, and the cap shortens the
+  # first step to its radius 1e-3 (1 + ‖θ₀‖), the same direction: whatever
+  # the rate, as far as the warm start took it.
+  norm = lambda t: float(optax.tree.norm(t))
+  radius = ae.presets.TRAVEL_RADIUS * (1.0 + norm(PARAMS))
+  for rate in (0.1, 100.0):
+    tx = ae.ae_sgdm(rate, delayed=True)
+    u, _ = tx.update(g, tx.init(PARAMS), PARAMS, value=1.0)
+    np.testing.assert_allclose(norm(u), radius, rtol=1e-4)
+    np.testing.assert_allclose(
+        optax.tree.vdot(u, u_ref) / (norm(u) * norm(u_ref)), 1.0, rtol=1e-6)
 
 
 @pytest.mark.parametrize("lr", [1e-3, 0.1])

@@ -136,7 +136,9 @@ def _final_loss(gain, eta):
   gains = {"learning_rate": ae.laws.DriveGains(
       progress=gain, variance=1.0, phase=0.5, leak=0.01)}
   chain = ae.canonical_laws(_NAMES, gains=gains, eta={"learning_rate": eta})
-  tx = ae.ae_sgdm(1e-2, laws_chain=chain)
+  # The 1e-3 warm start: the travel cap's first radius would otherwise set α
+  # whatever the gains (the preset's default since 2026-12-07).
+  tx = ae.ae_sgdm(1e-2, laws_chain=chain, warm_start=1e-3)
   params, _, _ = _scan_train(tx, _init_params(jax.random.PRNGKey(5), dtype),
                              loss_fn, 50)
   return loss_fn(params)
