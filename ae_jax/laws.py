@@ -943,7 +943,7 @@ def hypergradient(coefficient: str = "learning_rate", *,
   def update_fn(updates, state, params=None, *, signals, **extra_args):
     del params, extra_args
     measured = jnp.asarray(signals.rho, state.mean.dtype)
-    square = _rho_square(state, square_decay)
+    rho_square = _rho_square(state, square_decay)
     if progress_gate is None:
       weight, stalled, loss_state = reversal_weight, 1.0, ((), (), ())
     else:
@@ -959,7 +959,7 @@ def hypergradient(coefficient: str = "learning_rate", *,
       streak = jnp.where(rising, jnp.minimum(state.streak + 1,
                                              overshoot_steps), 0)
       overshoot = streak >= overshoot_steps
-    rho = _read_rho(state, signals, weight, stalled, overshoot, square,
+    rho = _read_rho(state, signals, weight, stalled, overshoot, rho_square,
                     horizon=horizon, alternation=alternation, temp=temp)
     (mean, square), (mean_hat, square_hat) = measurement.emas(
         (state.mean, state.square), (rho, rho * rho), (decay, square_decay),
@@ -1022,7 +1022,7 @@ def _rho_square(state: HypergradientState, square_decay):
 
 
 def _read_rho(state: HypergradientState, signals, weight, stalled,
-              overshoot, square, *, horizon, alternation, temp):
+              overshoot, rho_square, *, horizon, alternation, temp):
   """The ρ̃ that :func:`hypergradient` filters: the measured ρ, the
   long-horizon ρ in its share (with ``horizon``), −1 on an overshoot or a
   flip, and reversals weighted by ``weight``."""
@@ -1038,7 +1038,7 @@ def _read_rho(state: HypergradientState, signals, weight, stalled,
     # road there and reads "reversal" while the iterate creeps back (a
     # plain quadratic stalled ~150 steps with α cut 1e4-fold).
     share = ((1.0 - stalled) * (1.0 - jnp.abs(state.last))
-             * (1.0 - square))
+             * (1.0 - rho_square))
     rho = rho + share * (jnp.asarray(signals.rho_horizon, rho.dtype) - rho)
   # A clipped gradient (beyond FilterConfig.grad_clip times its running
   # norm) while the loss rises above its running mean reads as a full
@@ -1098,9 +1098,9 @@ def _gated_weight(state: HypergradientState, loss, weight, progress_weight,
   where the loss's improvement z-score is
   below the gate, ``progress_weight`` where the loss still falls clearly,
   pulled toward 1 by the mean square of ρ (:func:`_rho_square`): its
-  correction is for noisy gradients, and ρ² near 1 says they are not. With ``reset`` r, the slow
-  mean handed back restarts at the fast mean where the z-score is below
-  −r (a jump of the loss)."""
+  correction is for noisy gradients, and ρ² near 1 says they are not.
+  With ``reset`` r, the slow mean handed back restarts at the fast mean
+  where the z-score is below −r (a jump of the loss)."""
   fast_decay, slow_decay = decays
   # The greedy rate's short-horizon bias grows with the gradient noise
   # (Wu et al. 2018); |ρ| ~ 1 on deterministic gradients, where the greedy
