@@ -950,7 +950,7 @@ def hypergradient(coefficient: str = "learning_rate", *,
       weight, stalled, loss_state = _gated_weight(
           state, signals.loss, reversal_weight, progress_weight,
           progress_gate, progress_decays, progress_reset, filter_mode,
-          square_decay, temp)
+          rho_square, temp)
     rising = (signals.clip < 1.0) & (signals.loss > signals.loss_mean)
     if overshoot_steps == 1:
       streak, overshoot = (), rising
@@ -1092,13 +1092,14 @@ def _check_progress_gate(gate, decays) -> None:
 
 
 def _gated_weight(state: HypergradientState, loss, weight, progress_weight,
-                  zeta, decays, reset, filter_mode, square_decay, temp):
+                  zeta, decays, reset, filter_mode, rho_square, temp):
   """The reversal weight w_t of :func:`hypergradient`'s progress gate, how
   stalled the loss is (s_t in (0, 1)) and the new loss filters: ``weight``
   where the loss's improvement z-score is
   below the gate, ``progress_weight`` where the loss still falls clearly,
-  pulled toward 1 by the mean square of ρ (:func:`_rho_square`): its
-  correction is for noisy gradients, and ρ² near 1 says they are not.
+  pulled toward 1 by ``rho_square``, the mean square of ρ
+  (:func:`_rho_square`): its correction is for noisy gradients, and ρ²
+  near 1 says they are not.
   With ``reset`` r, the slow mean handed back restarts at the fast mean
   where the z-score is below −r (a jump of the loss)."""
   fast_decay, slow_decay = decays
@@ -1106,8 +1107,7 @@ def _gated_weight(state: HypergradientState, loss, weight, progress_weight,
   # (Wu et al. 2018); |ρ| ~ 1 on deterministic gradients, where the greedy
   # rate is right and a w_p < 1 only drives α into oscillation (the
   # reference quadratic), and |ρ| ~ 0.1-0.4 on minibatches.
-  progress_weight = 1.0 - (1.0 - progress_weight) * (
-      1.0 - _rho_square(state, square_decay))
+  progress_weight = 1.0 - (1.0 - progress_weight) * (1.0 - rho_square)
   loss = jnp.asarray(loss, state.mean.dtype)
   (fast, slow), (fast_hat, slow_hat) = measurement.emas(
       (state.loss_fast, state.loss_slow), (loss, loss),

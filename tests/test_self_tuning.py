@@ -96,7 +96,8 @@ def test_progress_gate_weight_by_hand():
   # w = 3, w_p = 0.5, ζ = 0.5: w_t = w̃_p + (3 - w̃_p) sigmoid(4 (0.5 - p)),
   # w̃_p = 1 - 0.5 (1 - LP_0.99(ρ̃²)) (debiased; 1 before any ρ).
   w1, _, state1 = laws._gated_weight(state, 1.0, 3.0, 0.5, 0.5, (0.5, 0.75),
-                                     None, "debiased", 0.99, None)
+                                     None, "debiased",
+                                     laws._rho_square(state, 0.99), None)
   # one sample: no improvement, no spread: p = 0; no ρ yet: w̃_p = 1
   np.testing.assert_allclose(float(w1), 1 + 2 / (1 + math.exp(-4 * 0.5)),
                              rtol=1e-6)
@@ -105,13 +106,15 @@ def test_progress_gate_weight_by_hand():
   p = (3 / 7 - 1 / 3) / math.sqrt(0.5 * 36 / 343)
   # ρ̃² filtered to 0 (noise-dominated): w̃_p = w_p = 0.5
   w2, _, _ = laws._gated_weight(state1, 0.0, 3.0, 0.5, 0.5, (0.5, 0.75),
-                                None, "debiased", 0.99, None)
+                                None, "debiased",
+                                laws._rho_square(state1, 0.99), None)
   np.testing.assert_allclose(
       float(w2), 0.5 + 2.5 / (1 + math.exp(-4 * (0.5 - p))), rtol=1e-5)
   # accumulator 0.0036 after one step of decay 0.99: LP = 0.36, w̃_p = 0.68
-  w3, _, _ = laws._gated_weight(state1._replace(square=jnp.asarray(0.0036)),
-                                0.0, 3.0, 0.5, 0.5, (0.5, 0.75), None,
-                                "debiased", 0.99, None)
+  state3 = state1._replace(square=jnp.asarray(0.0036))
+  w3, _, _ = laws._gated_weight(state3, 0.0, 3.0, 0.5, 0.5, (0.5, 0.75),
+                                None, "debiased",
+                                laws._rho_square(state3, 0.99), None)
   np.testing.assert_allclose(
       float(w3), 0.68 + 2.32 / (1 + math.exp(-4 * (0.5 - p))), rtol=1e-5)
 
@@ -128,12 +131,13 @@ def test_progress_reset_by_hand(mode):
       count=jnp.zeros([], jnp.int32))
   args = (3.0, 0.5, 0.5, (0.5, 0.75))
   _, _, filters = laws._gated_weight(state, 0.0, *args, 0.4, mode,
-                                     0.99, None)
+                                     laws._rho_square(state, 0.99), None)
   state1 = laws.HypergradientState(
       jnp.ones([], jnp.int32), *([jnp.zeros([])] * 4), *filters)
   for reset, slow in ((0.4, 7 / 24), (0.5, 1 / 4), (None, 1 / 4)):
     _, _, (fast, new_slow, var) = laws._gated_weight(
-        state1, 1.0, *args, reset, mode, 0.99, None)
+        state1, 1.0, *args, reset, mode, laws._rho_square(state1, 0.99),
+        None)
     np.testing.assert_allclose(float(fast), 0.5, rtol=1e-6)
     np.testing.assert_allclose(float(new_slow), slow, rtol=1e-6)
   # The step after the restart reads the slow mean as an EMA whose history
@@ -142,14 +146,14 @@ def test_progress_reset_by_hand(mode):
   state2 = laws.HypergradientState(
       jnp.full([], 2, jnp.int32), *([jnp.zeros([])] * 4), fast,
       jnp.asarray(7 / 24), var)
-  _, _, (_, slow3, _) = laws._gated_weight(state2, 1.0, *args, 0.4, mode,
-                                           0.99, None)
+  _, _, (_, slow3, _) = laws._gated_weight(
+      state2, 1.0, *args, 0.4, mode, laws._rho_square(state2, 0.99), None)
   np.testing.assert_allclose(float(slow3) / (1 - 0.75**3),
                              (0.75 * 2 / 3 * 0.4375 + 0.25) / (1 - 0.75**3),
                              rtol=1e-6)
   # Smooth (AE-9): a sigmoid of (-r - p) / τ between the two.
-  _, _, (_, soft, _) = laws._gated_weight(state1, 1.0, *args, 0.4,
-                                          mode, 0.99, 0.1)
+  _, _, (_, soft, _) = laws._gated_weight(
+      state1, 1.0, *args, 0.4, mode, laws._rho_square(state1, 0.99), 0.1)
   share = 1 / (1 + math.exp(-(-0.4 + 0.4157) / 0.1))
   np.testing.assert_allclose(float(soft), 0.25 + share * (7 / 24 - 0.25),
                              rtol=1e-3)
@@ -179,7 +183,8 @@ def _gate_weights(losses, weight=2.0, gate=1.0, progress_weight=1.0,
     state = state._replace(square=rho_rms**2 * (1 - 0.99**i))
     w, _, filters = laws._gated_weight(state, loss, weight, progress_weight,
                                        gate, laws.HYPERGRADIENT_PROGRESS_DECAYS,
-                                       reset, "debiased", 0.99, None)
+                                       reset, "debiased",
+                                       laws._rho_square(state, 0.99), None)
     return state._replace(count=state.count + 1, loss_fast=filters[0],
                           loss_slow=filters[1], loss_var=filters[2]), w
 
@@ -466,18 +471,26 @@ def _rosenbrock(p):
   return jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
 
 
+def _scan(tx, loss_fn, params, steps, record):
+  """``steps`` full-batch updates of ``tx`` on ``loss_fn`` (traceable):
+  ``record(loss, updates)`` stacked per step, the final parameters and the
+  final state."""
+  def body(carry, _):
+    p, s = carry
+    value, g = jax.value_and_grad(loss_fn)(p)
+    u, s = tx.update(g, s, p, value=value)
+    return (optax.apply_updates(p, u), s), record(value, u)
+
+  (p, s), out = jax.lax.scan(body, (params, tx.init(params)), None,
+                             length=steps)
+  return out, p, s
+
+
 def _rosenbrock_scan(tx, x0, steps):
   """``steps`` updates of ``tx`` on Rosenbrock from ``x0`` (traceable): the
   step lengths ‖Δθ‖, the final parameters and the final state."""
-  def body(carry, _):
-    p, s = carry
-    value, g = jax.value_and_grad(_rosenbrock)(p)
-    u, s = tx.update(g, s, p, value=value)
-    return (optax.apply_updates(p, u), s), optax.tree.norm(u)
-
-  p = {"x": x0}
-  (p, s), lengths = jax.lax.scan(body, (p, tx.init(p)), None, length=steps)
-  return lengths, p, s
+  return _scan(tx, _rosenbrock, {"x": x0}, steps,
+               lambda value, u: optax.tree.norm(u))
 
 
 def _rosenbrock_run(tx, x0, steps):
@@ -646,16 +659,8 @@ def test_ae_sgdm_finishes_a_plain_quadratic_after_its_overshoot():
   # while the iterate crept back: α fell 1e4-fold and the loss sat at 1.28
   # from step 100 to 220. Deterministic gradients keep the one-step ρ.
   loss = lambda p: jnp.sum((p - 3.0) ** 2)
-  opt = ae.ae_sgdm(0.1)
-
-  def step(carry, _):
-    p, s = carry
-    v, g = jax.value_and_grad(loss)(p)
-    u, s = opt.update(g, s, p, value=v)
-    return (optax.apply_updates(p, u), s), v
-
-  p0 = jnp.zeros(4)
-  (p, _), values = jax.lax.scan(step, (p0, opt.init(p0)), length=200)
+  values, p, _ = _scan(ae.ae_sgdm(0.1), loss, jnp.zeros(4), 200,
+                       lambda value, u: value)
   values = np.asarray(values)
   assert np.any(np.diff(values[20:100]) > 0)  # the loss rose: an overshoot
   assert float(loss(p)) < 1e-3, float(loss(p))  # ... that was recovered
