@@ -263,48 +263,53 @@ def set_coefficients(state, **values):
   return jax.tree.map(write, state, is_leaf=lambda x: isinstance(x, AdaptState))
 
 
-def _scaled(grads, factor, filters):
-  """``grads`` times the clip factor (a no-op when clipping is off)."""
+def _grad_factor(clip, filters, shrink):
+  """The scalar the base's gradient is multiplied by: the clip factor (when
+  clipping is on) times ``shrink`` (when given); None for neither."""
   if filters.grad_clip is None:
-    return grads
-  return jax.tree.map(lambda g: g * factor.astype(g.dtype), grads)
+    return shrink
+  return clip if shrink is None else clip * shrink
 
 
 def sanitize(grads, inf_value=0.0, bound=None):
   """NaN → 0, ±inf → ±inf_value, and (with a ``bound``) every finite entry
   beyond ``±bound`` clipped to it, elementwise (fuses into the update).
 
-  With ``inf_value=0`` (every preset's) an entry beyond the bound becomes 0
-  as an infinite one does: it carries no usable size (the statistics still
-  read it as ``±bound``, so the brake or the skip sees it), and the test
-  is a square, a compare and a select per entry, fused into each of the
-  base's passes, where the general form costs seven (measured: 1.15 → 0.80
-  ms per step of ``ae_adamw`` at 1M parameters).
+  With ``inf_value=0`` an entry beyond the bound becomes 0 as an infinite
+  one does: it carries no usable size. That is what :func:`adapt` gives the
+  base, entry by entry, in the sampled leaves it cannot check whole
+  (:func:`_base_gradient`); the test is a square, a compare and a select per
+  entry, where the general form costs seven (measured: 1.15 → 0.80 ms per
+  step of ``ae_adamw`` at 1M parameters). A non-zero ``inf_value`` is the
+  reference's.
   """
   if float(inf_value) == 0.0:
     def clean(g):
       if not jnp.issubdtype(g.dtype, jnp.floating):
         return g
-      top = float(jnp.finfo(g.dtype).max)
-      if bound is None or bound >= top:
-        # A bound the dtype cannot hold (float16 under a float32 bound)
-        # would read as inf and let ±inf through.
-        keep = jnp.isfinite(g)
-      elif bound * bound <= top:
-        # g² ≤ bound² is the same test as |g| ≤ bound (NaN and ±inf fail
-        # it, and so does an entry whose square overflows); XLA:CPU
-        # compiles it faster in each leaf's fusions than a select keyed
-        # on abs(g) (ae_adamw at 50 leaves: ~0.6 s of ~6.5; RESULTS.md).
-        keep = g * g <= jnp.asarray(bound * bound, g.dtype)
-      else:
-        keep = jnp.abs(g) <= bound
-      return jnp.where(keep, g, jnp.zeros((), g.dtype))
+      return jnp.where(_usable(g, bound), g, jnp.zeros((), g.dtype))
   else:
     def clean(g):
       g = jnp.nan_to_num(g, nan=0.0, posinf=inf_value, neginf=-inf_value)
       return g if bound is None else measurement.clamp(g, bound)
 
   return jax.tree.map(clean, grads)
+
+
+def _usable(g, bound):
+  """Where the entries of ``g`` are finite and within ``±bound``."""
+  top = float(jnp.finfo(g.dtype).max)
+  if bound is None or bound >= top:
+    # A bound the dtype cannot hold (float16 under a float32 bound) would
+    # read as inf and let ±inf through.
+    return jnp.isfinite(g)
+  if bound * bound <= top:
+    # g² ≤ bound² is the same test as |g| ≤ bound (NaN and ±inf fail it,
+    # and so does an entry whose square overflows); XLA:CPU compiles it
+    # faster in each leaf's fusions than a select keyed on abs(g) (ae_adamw
+    # at 50 leaves: ~0.6 s of ~6.5; RESULTS.md).
+    return g * g <= jnp.asarray(bound * bound, g.dtype)
+  return jnp.abs(g) <= bound
 
 
 def _overflow_bound(grads, dtype) -> float:
@@ -632,25 +637,95 @@ def _add_noise(updates, sigma, key):
   return jax.lax.cond(sigma > 0, noisy, lambda u: u, updates)
 
 
-def _statistics(w: _Wiring, raw, grads, state: AdaptState, plan, dtype):
+# Sampled leaves up to this many entries are checked whole for unusable
+# entries, in one reduction over their concatenation, rather than entry by
+# entry in the base's fusions: small leaves (biases, norms) are most of a
+# large pytree's leaves and little of its entries (RESULTS.md, "Compile
+# time": 200 leaves of 112-3,296 entries).
+CHECK_WHOLE_UP_TO = 4 * measurement.SAMPLE_BLOCK
+
+
+def _read_whole(leaves, plan) -> list[bool]:
+  """Per leaf, whether this step checks every entry: the statistics read it
+  whole (exact, or a leaf the sample keeps whole), or it is a sampled float
+  leaf of up to ``CHECK_WHOLE_UP_TO`` entries (:func:`_statistics`)."""
+  if plan is None:
+    return [True] * len(leaves)
+  return [b == 0 or (jnp.issubdtype(g.dtype, jnp.floating)
+                     and g.size <= CHECK_WHOLE_UP_TO)
+          for g, b in zip(leaves, plan)]
+
+
+def _statistics(w: _Wiring, raw, state: AdaptState, plan, dtype, bound):
   """The step's :class:`ae_jax.measurement.GradStats` of the raw gradient
-  (it counts non-finite entries, for the brake, and sanitises them the same
-  way) against the phase reference."""
+  against the phase reference. Its ``nonfinite`` count (for the brake and
+  :func:`_base_gradient`) and ``peak`` cover every entry
+  :func:`_read_whole` lists."""
   horizon = None if w.horizon is None else state.displacement
   if plan is not None:
-    return measurement.sampled_gradient_stats(
+    stats = measurement.sampled_gradient_stats(
         raw, state.phase_ref, plan, dtype=dtype, inf_value=w.inf_value,
-        horizon=horizon)
+        horizon=horizon, bound=bound)
+    leaves = jax.tree.leaves(raw)
+    small = [g for g, b, whole in zip(leaves, plan, _read_whole(leaves, plan))
+             if b and whole]
+    if not small:
+      return stats
+    count, peak = measurement.unusable_entries(small, dtype)
+    return stats._replace(nonfinite=stats.nonfinite + count,
+                          peak=jnp.maximum(stats.peak, peak))
   if not w.momentum_field:
     return measurement.gradient_stats(raw, state.phase_ref, dtype,
-                                      inf_value=w.inf_value, horizon=horizon)
+                                      inf_value=w.inf_value, horizon=horizon,
+                                      bound=bound)
   # Adam's direction m / (sqrt(nu) + eps) is formed inside the statistics,
   # after the leaves are concatenated (no kernel per leaf).
   mu, nu, eps = _direction_moments(state.inner_state, w.momentum_field,
-                                   w.second_field, grads)
+                                   w.second_field, raw)
   return measurement.gradient_stats(raw, mu, dtype, inf_value=w.inf_value,
                                     horizon=horizon, second_moment=nu,
-                                    eps=eps)
+                                    eps=eps, bound=bound)
+
+
+def _entry_guard(w: _Wiring, stats, bound):
+  """``(skip, shrink)``, two scalars that make the raw gradient usable by the
+  base (:func:`_base_gradient`); ``(None, None)`` with a non-zero
+  ``inf_value`` (the reference's), which cleans entry by entry.
+
+  With ``inf_value=0`` (every preset's), a step whose statistics count a
+  non-finite entry is skipped (the base gets a zero gradient), as Optax's
+  ``apply_if_finite`` skips one; the brake fires on the same count. A
+  finite gradient whose largest entry is beyond ``bound`` is scaled down by
+  ``shrink`` so that entry sits at the bound, keeping its direction (the
+  clip then sizes the step). One decision per step: a compare and select per
+  entry in each of the base's per-leaf fusions was about a third of the
+  step's compile time (RESULTS.md, "Compile time").
+  """
+  if float(w.inf_value) != 0.0:
+    return None, None
+  # peak > bound > 0: the division is safe where it is taken.
+  shrink = jnp.where(stats.peak > bound,
+                     bound / jnp.maximum(stats.peak, bound), 1.0)
+  return stats.nonfinite > 0, shrink
+
+
+def _base_gradient(w: _Wiring, raw, skip, shrink, plan, bound):
+  """``raw`` with no unusable entry, before ``shrink`` (which the caller
+  folds into the clip's product): zeros when ``skip``; entries the
+  statistics cannot see (large sampled leaves) are also cleaned one by one
+  (:func:`sanitize`), as ``shrink`` cannot have seen them."""
+  if skip is None:
+    return sanitize(raw, w.inf_value, bound)
+  leaves, treedef = jax.tree.flatten(raw)
+  out = []
+  for g, whole in zip(leaves, _read_whole(leaves, plan)):
+    if jnp.issubdtype(g.dtype, jnp.floating):
+      g = jnp.where(skip, jnp.zeros((), g.dtype), g)
+      if not whole:
+        g = jnp.where(_usable(g * shrink.astype(g.dtype), bound), g,
+                      jnp.zeros((), g.dtype))
+    out.append(g)
+  return jax.tree.unflatten(treedef, out)
 
 
 def _next_phase_ref(w: _Wiring, inner_state, grads, plan, key):
@@ -752,17 +827,18 @@ def _update_fn(w: _Wiring):
                 reward=None, **extra_args):
     _check_value(value)
     dtype = state.controller.energy.dtype
-    grads = sanitize(updates, w.inf_value, _overflow_bound(updates, dtype))
+    bound = _overflow_bound(updates, dtype)
     state = state._replace(controller=_adopt_overrides(
         state.controller, state.inner_state, w.ctrl.specs))
-    plan = w.plan(grads)
+    plan = w.plan(updates)
     if plan is None and w.noise is None:
       # Nothing draws (exact statistics, no parameter noise): the key is
       # carried unchanged rather than paying a threefry split per step.
       key = stats_key = noise_key = state.key
     else:
       key, stats_key, noise_key = jax.random.split(state.key, 3)
-    stats = _statistics(w, updates, grads, state, plan, dtype)
+    stats = _statistics(w, updates, state, plan, dtype, bound)
+    skip, shrink = _entry_guard(w, stats, bound)
     extra_args = dict(extra_args, value=value)
     if reward is not None:
       extra_args["reward"] = reward
@@ -771,7 +847,10 @@ def _update_fn(w: _Wiring):
     # Computed once here: without the barrier XLA copies the controller's
     # scalar chain into every per-leaf fusion of the base's update.
     values, cstate = jax.lax.optimization_barrier((values, cstate))
-    scaled = _scaled(grads, cstate.signals.clip, w.filters)
+    grad_factor = _grad_factor(cstate.signals.clip, w.filters, shrink)
+    grads = _base_gradient(w, updates, skip, shrink, plan, bound)
+    scaled = (grads if grad_factor is None else jax.tree.map(
+        lambda g: g * grad_factor.astype(g.dtype), grads))
     factor = None
     if w.step_scale is not None:
       factor = (w.step_scale(state.controller.count)

@@ -55,6 +55,10 @@ class GradStats(NamedTuple):
       reference (``ae.adapt``'s ``horizon``: the recent displacement), or
       ``()`` without one.
     horizon_sumsq: squared norm of the long-horizon reference, or ``()``.
+    peak: the largest finite ``|g|`` entry seen (before the clamp to the
+      overflow bound; on sampled coordinates when sampling), or ``()``.
+      :func:`ae_jax.adapt` scales a gradient whose peak is beyond the bound
+      down to it.
   """
 
   size: chex.Array
@@ -65,6 +69,7 @@ class GradStats(NamedTuple):
   nonfinite: chex.Array
   horizon_dot: chex.Array = ()
   horizon_sumsq: chex.Array = ()
+  peak: chex.Array = ()
 
 
 class Signals(NamedTuple):
@@ -328,12 +333,21 @@ def clamp(x, bound: float):
   return jnp.clip(x, -bound, bound)
 
 
+def _finite_peak(g, dtype):
+  """The largest finite ``|g|`` (0 for none), in ``dtype``."""
+  a = jnp.abs(g.astype(dtype))
+  return jnp.max(jnp.where(jnp.isfinite(a), a, jnp.zeros([], dtype)),
+                 initial=jnp.zeros([], dtype))
+
+
 def _leaf_sums(g, m, dtype, inf_value, bound, h=None):
   """(Σg, Σg², Σg·m, Σm², #non-finite) of one leaf (or of sampled blocks of
   it), and (Σg·h, Σh²) with a long-horizon reference ``h``; non-finite
   entries of ``g`` sanitised to 0 / ±inf_value and every entry clamped to
-  ``±bound`` (:func:`overflow_bound`)."""
+  ``±bound`` (:func:`overflow_bound`). Also the leaf's finite peak
+  ``max |g|``, separately (a maximum, not a sum)."""
   nonfinite = jnp.sum(~jnp.isfinite(g)).astype(dtype)
+  peak = _finite_peak(g, dtype)
   g = clamp(jnp.nan_to_num(g.astype(dtype), nan=0.0, posinf=inf_value,
                            neginf=-inf_value), bound)
   sums = [jnp.sum(g), jnp.sum(g * g)]
@@ -345,7 +359,7 @@ def _leaf_sums(g, m, dtype, inf_value, bound, h=None):
   if h is not None:
     h = clamp(jnp.nan_to_num(h.astype(dtype)), bound)
     sums += [jnp.sum(g * h), jnp.sum(h * h)]
-  return sums
+  return sums, peak
 
 
 # Statistics over at most this many elements (every preset's: exact up to
@@ -420,6 +434,7 @@ def _concatenated_stats(pairs, dtype, inf_value, bound, horizons=None,
   weight = _element_weights(pairs, dtype)
   weigh = (lambda x: x) if weight is None else (lambda x: weight * x)
   nonfinite = (~jnp.isfinite(g)).astype(dtype)
+  peak = _finite_peak(g, dtype)
   g = clamp(jnp.nan_to_num(g, nan=0.0, posinf=inf_value, neginf=-inf_value),
             bound)
   wg = weigh(g)
@@ -441,34 +456,47 @@ def _concatenated_stats(pairs, dtype, inf_value, bound, horizons=None,
   # (93 against 57 µs over 65,536 elements on a CPU).
   sums = list(jnp.sum(jnp.stack(rows), axis=1))
   if pairs[0][1] is None:
-    return sums[:2] + [jnp.zeros([], dtype)] * 2 + sums[2:]
-  return sums
+    sums = sums[:2] + [jnp.zeros([], dtype)] * 2 + sums[2:]
+  return sums, peak
 
 
 def _stats(pairs, size, dtype, inf_value, horizons=None,
-           second=None) -> GradStats:
-  bound = overflow_bound(size, dtype)
+           second=None, bound=None) -> GradStats:
+  if bound is None:
+    bound = overflow_bound(size, dtype)
   if pairs and sum(g.size for g, _, _ in pairs) <= CONCAT_LIMIT:
-    return GradStats(jnp.asarray(size, dtype),
-                     *_concatenated_stats(pairs, dtype, inf_value, bound,
-                                          horizons, second))
+    sums, peak = _concatenated_stats(pairs, dtype, inf_value, bound,
+                                     horizons, second)
+    return GradStats(jnp.asarray(size, dtype), *sums)._replace(peak=peak)
   if second is not None:
     nus, eps = second
     pairs = [(g, adam_direction(m, v, eps), k)
              for (g, m, k), v in zip(pairs, nus)]
   extra = 0 if horizons is None else 2
   totals = [jnp.zeros([], dtype) for _ in range(5 + extra)]
+  peak = jnp.zeros([], dtype)
   for i, (g, m, scale) in enumerate(pairs):
-    sums = _leaf_sums(g, m, dtype, inf_value, bound,
-                      None if horizons is None else horizons[i])
+    sums, leaf_peak = _leaf_sums(g, m, dtype, inf_value, bound,
+                                 None if horizons is None else horizons[i])
     scales = [scale] * 4 + [1.0] + [scale] * extra  # counts: not extrapolated
     totals = [t + x * k for t, x, k in zip(totals, sums, scales)]
-  return GradStats(jnp.asarray(size, dtype), *totals)
+    peak = jnp.maximum(peak, leaf_peak)
+  return GradStats(jnp.asarray(size, dtype), *totals)._replace(peak=peak)
+
+
+def unusable_entries(leaves, dtype):
+  """``(count, peak)`` of ``leaves`` (small arrays), in one fusion over
+  their concatenation: how many entries are non-finite, and the largest
+  finite ``|entry|`` (the :class:`GradStats` fields ``nonfinite`` and
+  ``peak`` for entries the statistics do not read)."""
+  flat = jnp.concatenate([_flat(x).astype(dtype) for x in leaves])
+  return (jnp.sum(~jnp.isfinite(flat)).astype(dtype),
+          _finite_peak(flat, dtype))
 
 
 def gradient_stats(grads, reference=None, dtype=None, *,
                    inf_value=0.0, horizon=None, second_moment=None,
-                   eps=0.0) -> GradStats:
+                   eps=0.0, bound=None) -> GradStats:
   """Exact global reductions of ``grads`` over all leaves.
 
   Args:
@@ -486,6 +514,9 @@ def gradient_stats(grads, reference=None, dtype=None, *,
       ``reference / (sqrt(ν) + eps)``, computed after the leaves are
       concatenated (no kernel per leaf).
     eps: Adam's ε of that direction.
+    bound: the entry bound the statistics clamp to, :func:`overflow_bound`
+      of the size and ``dtype`` by default (a smaller one, the base's, may
+      be given).
   """
   dtype = dtype or controller_dtype()
   leaves = jax.tree.leaves(grads)
@@ -495,7 +526,7 @@ def gradient_stats(grads, reference=None, dtype=None, *,
   second = (None if second_moment is None or reference is None
             else (jax.tree.leaves(second_moment), eps))
   return _stats([(g, m, 1.0) for g, m in zip(leaves, refs)], size, dtype,
-                inf_value, _horizon_leaves(horizon), second)
+                inf_value, _horizon_leaves(horizon), second, bound)
 
 
 def _horizon_leaves(horizon):
@@ -669,7 +700,8 @@ def take_blocks(tree, starts) -> tuple:
 
 
 def sampled_gradient_stats(grads, sample: PhaseSample, plan, dtype=None, *,
-                           inf_value=0.0, horizon=None) -> GradStats:
+                           inf_value=0.0, horizon=None,
+                           bound=None) -> GradStats:
   """:class:`GradStats` estimated on the blocks of ``sample``.
 
   Sums over a leaf's blocks are rescaled by :func:`block_scale`, which
@@ -686,6 +718,7 @@ def sampled_gradient_stats(grads, sample: PhaseSample, plan, dtype=None, *,
     inf_value: the value ±inf entries are read as.
     horizon: the whole long-horizon reference (structure of ``grads``), or
       None; it is read on the same blocks.
+    bound: the entry bound (:func:`gradient_stats`).
   """
   dtype = dtype or controller_dtype()
   leaves = jax.tree.leaves(grads)
@@ -698,7 +731,7 @@ def sampled_gradient_stats(grads, sample: PhaseSample, plan, dtype=None, *,
     pairs.append((g, m, scale))
   horizons = (None if horizon is None
               else list(take_blocks(horizon, starts)))
-  return _stats(pairs, size, dtype, inf_value, horizons)
+  return _stats(pairs, size, dtype, inf_value, horizons, bound=bound)
 
 
 def safe_sqrt(x):

@@ -27,6 +27,7 @@ the run goes on training either way (docs/laws.md, "ae_sgdm starts at its
 rate").
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,6 +35,7 @@ import optax
 import pytest
 
 import ae_jax as ae
+from ae_jax import measurement, presets
 
 FAULTS = ("clean", "nan", "inf", "tiny_start", "spike", "early_spike")
 STEPS = 1500
@@ -186,3 +188,80 @@ def test_a_persistent_gradient_above_the_limit_is_a_scale_not_a_spike(name):
                                 values[0])   # the spikes' steps: skipped
   assert np.all(np.isfinite(values))
   assert float(loss(p)) < 1e-3 * float(values[0]), values[::50]
+
+
+def _sampled_problem():
+  """ae_sgdm (delayed: a step applies the coefficients set before it) on a
+  pytree above the exact threshold: a leaf sampled by blocks, one small
+  enough to be checked whole, and one read whole."""
+  params = {"big": jnp.ones((200, 512)), "small": jnp.ones((40, 50)),
+            "tiny": jnp.ones((8,))}
+  grads = jax.tree.map(lambda p: 0.01 * p, params)
+  tx = ae.ae_sgdm(delayed=True)
+  update = jax.jit(lambda g, s, p: tx.update(g, s, p, value=jnp.float32(1.0)))
+  state = tx.init(params)
+  _, state = update(grads, state, params)
+  return params, grads, state, update
+
+
+def test_unusable_entries_on_the_sampled_path():
+  from ae_jax import _adapt  # pylint: disable=import-outside-toplevel
+  params, grads, state, update = _sampled_problem()
+  plan = measurement.sample_plan(params, presets.STATS_SAMPLE,
+                                 exact_up_to=measurement.EXACT_STATS_UP_TO)
+  assert plan is not None and plan[0] > 0 and plan[1] > 0 and plan[2] == 0
+  assert 1024 < params["small"].size <= _adapt.CHECK_WHOLE_UP_TO
+  # Which entries of "big" this step's statistics read.
+  starts = np.asarray(measurement.leaf_starts(state.phase_ref.starts,
+                                              plan)[0])
+  read = np.zeros(params["big"].size, bool)
+  for s in starts:
+    read[max(s, 0):s + measurement.SAMPLE_BLOCK] = True
+  unread, seen = int(np.argmin(read)), int(np.argmax(read))
+  assert not read[unread] and read[seen]
+  zeros = jax.tree.map(jnp.zeros_like, grads)
+  skipped, _ = update(zeros, state, params)
+
+  def with_entry(leaf, index, value):
+    g = dict(grads)
+    g[leaf] = g[leaf].ravel().at[index].set(value).reshape(g[leaf].shape)
+    return g
+
+  # Seen by the statistics, or in a leaf checked whole: a non-finite entry
+  # skips the step (the base gets zeros) and fires the brake ...
+  for leaf, index in (("big", seen), ("small", 7), ("tiny", 3)):
+    for bad in (np.nan, np.inf, -np.inf):
+      updates, new_state = update(with_entry(leaf, index, bad), state,
+                                  params)
+      chex.assert_trees_all_equal(updates, skipped)
+      assert ae.signals(new_state)["brake"] == 1.0, (leaf, bad)
+  # ... and a finite entry beyond the bound scales the whole gradient down
+  # so that it sits at the bound: the step is that of the scaled gradient.
+  bound = _adapt._overflow_bound(grads, jnp.float32)
+  for leaf, index in (("big", seen), ("small", 7), ("tiny", 3)):
+    huge = with_entry(leaf, index, -1e30)
+    updates, _ = update(huge, state, params)
+    scaled = jax.tree.map(lambda g: g * jnp.float32(bound / 1e30), huge)
+    expected, _ = update(scaled, state, params)
+    chex.assert_trees_all_close(updates, expected, rtol=1e-5)
+    assert float(jnp.abs(updates["big"]).max()) > 0
+  # Unread in a large sampled leaf: that entry alone is zeroed.
+  for bad in (np.nan, np.inf, -1e30):
+    updates, _ = update(with_entry("big", unread, bad), state, params)
+    expected, _ = update(with_entry("big", unread, 0.0), state, params)
+    chex.assert_trees_all_equal(updates, expected)
+    assert float(jnp.abs(updates["big"]).max()) > 0
+
+
+def test_statistics_count_nonfinite_entries_and_read_the_peak():
+  g = {"a": jnp.array([1.0, 2e10, -3e10, jnp.nan]), "b": jnp.array([jnp.inf])}
+  stats = measurement.gradient_stats(g, bound=1e10)
+  assert float(stats.nonfinite) == 2.0
+  # The peak is read before the clamp; the sums after it: 1 + 1e10 - 1e10.
+  np.testing.assert_allclose(float(stats.peak), 3e10, rtol=1e-6)
+  np.testing.assert_allclose(float(stats.sum), 1.0, atol=1e3)
+  count, peak = measurement.unusable_entries([g["a"][:2], g["b"]],
+                                             jnp.float32)
+  assert float(count) == 1.0 and float(peak) == 2e10
+  count, peak = measurement.unusable_entries([g["a"][:1]], jnp.float32)
+  assert float(count) == 0.0 and float(peak) == 1.0

@@ -156,7 +156,8 @@ def test_gradient_stats_global_over_leaves():
                 sumsq=np.float32((flat**2).sum()),
                 dot=np.float32((flat * flat_ref).sum()),
                 ref_sumsq=np.float32((flat_ref**2).sum()),
-                nonfinite=np.float32(0.0)),
+                nonfinite=np.float32(0.0),
+                peak=np.float32(np.abs(flat).max())),
       rtol=1e-6)
   assert float(stats.size) == 12.0
 
