@@ -265,3 +265,32 @@ def test_statistics_count_nonfinite_entries_and_read_the_peak():
   assert float(count) == 1.0 and float(peak) == 2e10
   count, peak = measurement.unusable_entries([g["a"][:1]], jnp.float32)
   assert float(count) == 0.0 and float(peak) == 1.0
+
+
+@pytest.mark.parametrize("name", ["ae_sgdm", "ae_adam"])
+def test_a_gradient_nan_at_every_step_skips_every_step(name):
+  # A zero-initialised vector under jnp.linalg.norm has a NaN gradient at
+  # every step. As with optax.apply_if_finite, every such step is skipped
+  # (the whole model holds, nothing turns NaN) and the brake reports it at
+  # every step, so the run's signals show the fault (docs/laws.md,
+  # "Overflow and unusable entries").
+  def loss(p):
+    return jnp.linalg.norm(p["w"]) + jnp.sum((p["v"] - 2.0) ** 2)
+
+  params = {"w": jnp.zeros(3), "v": jnp.ones(4)}
+  tx = getattr(ae, name)()
+
+  def body(carry, _):
+    p, s = carry
+    value, grads = jax.value_and_grad(loss)(p)
+    updates, s = tx.update(grads, s, p, value=value)
+    return (optax.apply_updates(p, updates), s), ae.signals(s)["brake"]
+
+  (p, state), brakes = jax.jit(lambda p: jax.lax.scan(
+      body, (p, tx.init(p)), None, length=20))(params)
+  assert bool(jnp.isnan(jax.grad(loss)(params)["w"]).all())
+  np.testing.assert_array_equal(np.asarray(brakes), 1.0)
+  chex.assert_trees_all_equal(p, params)
+  for leaf in jax.tree.leaves(state):
+    if jnp.issubdtype(leaf.dtype, jnp.floating):
+      assert bool(jnp.all(jnp.isfinite(leaf)))
