@@ -45,10 +45,14 @@ class Brake(NamedTuple):
     nonfinite_grad: brake when the gradient had any non-finite entry (NaN
       included, which sanitising would otherwise hide; the reference does
       not).
-    inf_value: what ±inf gradient entries become (signed) before the
-      update and the statistics. 0 by default: an infinite entry carries no
-      usable direction, and ±1e6 applied at the un-braked rate throws the
-      parameters far away; the reference uses ±``grad_limit``.
+    inf_value: what ±inf gradient entries are read as by the statistics.
+      0 by default, which also selects one decision per step for the
+      update: a step with a non-finite entry is skipped (the base sees a zero
+      gradient) and a finite gradient beyond the overflow bound is scaled
+      down to it (``docs/laws.md``, "Overflow and unusable entries"). Any
+      other value (the reference's ±``grad_limit``) cleans entry by entry:
+      NaN → 0, ±inf → ±inf_value, and the rest of the step is applied; ±1e6
+      applied at the un-braked rate throws the parameters far away.
     scale: ``name -> factor`` applied to those coefficients (floored at
       their lower bound).
     cap: ``name -> ceiling`` applied to those coefficients.

@@ -50,7 +50,9 @@ class GradStats(NamedTuple):
       optimizer's momentum, or the previous gradient).
     ref_sumsq: squared norm of the phase reference.
     nonfinite: number of non-finite gradient entries seen (before they
-      were sanitised; on sampled coordinates when sampling).
+      were sanitised; on sampled coordinates when sampling, plus the small
+      sampled leaves :func:`ae_jax.adapt` checks whole, where an entry can
+      count twice: only a count above 0 is read).
     horizon_dot: inner product of the gradient with the long-horizon
       reference (``ae.adapt``'s ``horizon``: the recent displacement), or
       ``()`` without one.
@@ -316,8 +318,9 @@ def overflow_bound(size: int, dtype) -> float:
   entries, stays finite in ``dtype`` (with a factor 4 of headroom for
   ``Σg·m`` and the EMAs).
 
-  Gradient entries beyond it are read as ``±bound`` by the statistics and
-  passed to the base at that size, so a finite but absurd gradient (1e19 in
+  Gradient entries beyond it are read as ``±bound`` by the statistics, and
+  :func:`ae_jax.adapt` scales such a gradient so its largest entry reaches
+  the base at that size, so a finite but absurd gradient (1e19 in
   float32, whose square overflows) never turns ``‖g‖²`` into inf and an EMA
   into ``inf - inf``. Real gradients are many decades below it (9e14 per
   entry at 1e8 float32 parameters).

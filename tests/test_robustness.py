@@ -170,6 +170,23 @@ def _plain_sgd_ae(delayed):
   return tx, jax.jit(lambda g, s, p, v: tx.update(g, s, p, value=v))
 
 
+def test_a_gradient_beyond_the_overflow_bound_is_scaled_as_a_whole():
+  # Without the clip (plain ``adapt``), the base sees the gradient scaled
+  # by bound / peak: its largest entry at the bound and its direction kept
+  # (entry-by-entry cleaning zeroed the three large entries and kept 0.5).
+  from ae_jax import _adapt  # pylint: disable=import-outside-toplevel
+  tx, update = _plain_sgd_ae(True)
+  params = {"w": jnp.ones((4,))}
+  state = tx.init(params)
+  _, state = update({"w": jnp.full((4,), 0.1)}, state, params, 1.0)
+  rate = ae.coefficients(state)["learning_rate"]
+  grads = {"w": jnp.array([1e30, 2e30, -1e30, 0.5], jnp.float32)}
+  bound = _adapt._overflow_bound(grads, jnp.float32)
+  updates, _ = update(grads, state, params, 1.0)
+  expected = -rate * (bound / 2e30) * np.asarray(grads["w"], np.float64)
+  np.testing.assert_allclose(updates["w"], expected, rtol=1e-5)
+
+
 @pytest.mark.parametrize("delayed", [True, False])
 @pytest.mark.parametrize("trigger", ["loss", "grad"])
 def test_brake_timing(delayed, trigger):
