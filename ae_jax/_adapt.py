@@ -704,8 +704,9 @@ def _entry_guard(w: _Wiring, stats, bound):
   """
   if float(w.inf_value) != 0.0:
     return None, None
-  # Exactly 1 while the peak is within the bound (bound / bound); bound > 0.
-  shrink = bound / jnp.maximum(stats.peak, bound)
+  # peak > bound > 0: the division is safe where it is taken.
+  shrink = jnp.where(stats.peak > bound,
+                     bound / jnp.maximum(stats.peak, bound), 1.0)
   return stats.nonfinite > 0, shrink
 
 
