@@ -704,7 +704,9 @@ def _entry_guard(w: _Wiring, stats, bound):
   """
   if float(w.inf_value) != 0.0:
     return None, None
-  # peak > bound > 0: the division is safe where it is taken.
+  # peak > bound > 0: the division is safe where it is taken. The where()
+  # keeps the scale exactly 1 within the bound: XLA may compile the
+  # division alone as a product with a reciprocal (ad5d9a7, reverted).
   shrink = jnp.where(stats.peak > bound,
                      bound / jnp.maximum(stats.peak, bound), 1.0)
   return stats.nonfinite > 0, shrink
