@@ -12,6 +12,11 @@ starting rate"), with the same initialisation and data order (seeds 1..N). Per r
   the switch (its own level is easier to get back to), so the script also reports
 * **time to a common level**: the same clock, against one level per switch for every method, the
   pre-switch level of the hindsight-best fixed ``adamw`` rate (median over seeds);
+* **time to an attainable level**: the same, against the higher of that level and the one the
+  hindsight-best fixed rate itself reaches by the end of the new phase. Where the new phase is
+  harder than the old one (``drift_digits``' clean → noise switch), no method, the reference
+  included, gets back to the pre-switch level, and the common reading counts the whole period for
+  every method there; the attainable one still tells them apart. Both are printed per switch;
 * **regret**: AUC of the task metric minus the AUC of the best fixed ``adamw`` rate in hindsight
   (``metrics.hindsight_best`` over a grid of 7 rates 1e-4 … 1e-1 on the same seeds; positive = worse);
 * the final metric.
@@ -59,22 +64,38 @@ def _common_levels(reference_loss, period, window=25):
   return [float(np.median(reference_loss[:, e - window:e].mean(-1))) for e in ends]
 
 
-def time_to_level(loss, period, levels, tolerance=0.1, window=25):
-  """Steps after each switch until the ``window``-step moving average of
-  ``loss`` is within ``tolerance`` of ``levels[k]`` (capped at the period);
-  the mean over switches, per seed."""
-  loss = np.asarray(loss, float)
+def _attainable_levels(reference_loss, period, window=25):
+  """Per switch, the higher of the common level (:func:`_common_levels`) and
+  the reference's own level over the last ``window`` steps of the new phase
+  (median over seeds): a level the hindsight-best fixed rate shows can be
+  reached within the phase."""
+  common = _common_levels(reference_loss, period, window)
+  ends = range(2 * period, reference_loss.shape[-1] + 1, period)
+  reached = [float(np.median(reference_loss[:, e - window:e].mean(-1))) for e in ends]
+  return [max(c, r) for c, r in zip(common, reached)]
+
+
+def switch_times(loss, period, levels, tolerance=0.1, window=25):
+  """Per seed and switch, the steps after the switch until the
+  ``window``-step moving average of ``loss`` is within ``tolerance`` of
+  ``levels[k]`` (the period where it never is), shape ``(seeds, switches)``;
+  the moving average's clock is its window's middle."""
+  loss = np.atleast_2d(np.asarray(loss, float))
   kernel = np.ones(window) / window
-  out = np.zeros(loss.shape[0])
+  out = np.full((loss.shape[0], len(levels)), float(period))
   for i, row in enumerate(loss):
-    times = []
     for k, level in enumerate(levels):
       start = (k + 1) * period
       seg = np.convolve(row[start:start + period], kernel, "valid")
       hit = np.flatnonzero(np.isfinite(seg) & (seg <= (1 + tolerance) * level))
-      times.append(float(hit[0]) + window // 2 if hit.size else float(period))
-    out[i] = np.mean(times)
+      if hit.size:
+        out[i, k] = float(hit[0]) + window // 2
   return out
+
+
+def time_to_level(loss, period, levels, tolerance=0.1, window=25):
+  """:func:`switch_times` averaged over the switches, per seed."""
+  return switch_times(loss, period, levels, tolerance, window).mean(-1)
 
 
 def measure(task, methods, seeds) -> dict:
@@ -83,14 +104,20 @@ def measure(task, methods, seeds) -> dict:
   best_i, reference = M.hindsight_best(np.stack([g.metric for g in grid]),
                                        grid[0].eval_steps, task.higher_is_better)
   levels = _common_levels(grid[best_i].loss, task.switch_every)
-  out = {"hindsight_lr": HINDSIGHT_GRID[best_i], "levels": levels, "methods": {},
-         "curves": {}}
+  attainable = _attainable_levels(grid[best_i].loss, task.switch_every)
+  out = {"hindsight_lr": HINDSIGHT_GRID[best_i], "levels": levels,
+         "attainable_levels": attainable, "methods": {}, "curves": {}}
   for name in methods:
     res = R.run(task, name, seeds)
     lr = res.coefficients.get("learning_rate")
+    common = switch_times(res.loss, task.switch_every, levels)
+    reached = switch_times(res.loss, task.switch_every, attainable)
     out["methods"][name] = {
         "ttr": _recover(res, task).tolist(),
-        "ttl": time_to_level(res.loss, task.switch_every, levels).tolist(),
+        "ttl": common.mean(-1).tolist(),
+        "tta": reached.mean(-1).tolist(),
+        "ttl_switch": common.mean(0).tolist(),
+        "tta_switch": reached.mean(0).tolist(),
         "regret": M.regret(res.metric, res.eval_steps, reference,
                            task.higher_is_better).tolist(),
         "final": M.final(res.metric).tolist(),
@@ -108,11 +135,26 @@ def table(task, data) -> str:
   lines = [f"**{task.name}** — {task.description}; switch every {task.switch_every} steps, "
            f"{task.steps} steps; hindsight-best fixed adamw rate {data['hindsight_lr']:.2g}",
            "", f"| method | time to recover (own level) | time to common level | "
-           f"regret ({task.metric_name} AUC) | final {task.metric_name} |",
-           "| --- | --- | --- | --- | --- |"]
+           f"time to attainable level | regret ({task.metric_name} AUC) | "
+           f"final {task.metric_name} |",
+           "| --- | --- | --- | --- | --- | --- |"]
   for name, m in data["methods"].items():
     lines.append(f"| {name} | {_fmt(m['ttr'], 3)} | {_fmt(m['ttl'], 3)} | "
-                 f"{_fmt(m['regret'], 3)} | {_fmt(m['final'], 4)} |")
+                 f"{_fmt(m['tta'], 3)} | {_fmt(m['regret'], 3)} | "
+                 f"{_fmt(m['final'], 4)} |")
+  return "\n".join(lines + ["", switch_table(data)])
+
+
+def switch_table(data) -> str:
+  """Mean steps over seeds per switch, to the common / attainable level."""
+  fmt = lambda xs: " / ".join(f"{x:.0f}" for x in xs)
+  levels = lambda key: " / ".join(f"{x:.3g}" for x in data[key])
+  lines = [f"Per switch (mean over seeds), to the common level ({levels('levels')}) "
+           f"and to the attainable level ({levels('attainable_levels')}):", "",
+           "| method | to common level, per switch | to attainable level, per switch |",
+           "| --- | --- | --- |"]
+  for name, m in data["methods"].items():
+    lines.append(f"| {name} | {fmt(m['ttl_switch'])} | {fmt(m['tta_switch'])} |")
   return "\n".join(lines)
 
 
@@ -120,19 +162,21 @@ def verdicts(task, data) -> list[str]:
   m = data["methods"]
   if not {"ae_adamw", "adamw", "mechanize_adam"} <= set(m):
     return []
-  ae_t, ad_t, me_t = (float(np.mean(m[k]["ttr"])) for k in ("ae_adamw", "adamw",
-                                                              "mechanize_adam"))
-  ae_l, ad_l, me_l = (float(np.mean(m[k]["ttl"])) for k in ("ae_adamw", "adamw",
-                                                              "mechanize_adam"))
+  mean = lambda key: [float(np.mean(m[k][key]))
+                      for k in ("ae_adamw", "adamw", "mechanize_adam")]
   ae_f, ad_f = float(np.mean(m["ae_adamw"]["final"])), float(np.mean(m["adamw"]["final"]))
   better_final = ae_f >= ad_f if task.higher_is_better else ae_f <= ad_f
-  ok = ae_t <= 0.5 * ad_t and ae_t <= me_t and better_final
-  ok_l = ae_l <= 0.5 * ad_l and ae_l <= me_l and better_final
-  return [f"{task.name}: ae_adamw time-to-recover {ae_t:.1f} = {ae_t / ad_t:.2f}x adamw "
-          f"({ad_t:.1f}), mechanize {me_t:.1f}; to the common level {ae_l:.1f} = "
-          f"{ae_l / ad_l:.2f}x adamw ({ad_l:.1f}), mechanize {me_l:.1f}; final {ae_f:.4g} vs "
-          f"adamw {ad_f:.4g} — target (<= 0.5x adamw, <= mechanize, final no worse): own level "
-          f"{'holds' if ok else 'fails'}, common level {'holds' if ok_l else 'fails'}"]
+  parts, verdict = [], []
+  for key, label in (("ttr", "own level"), ("ttl", "common level"),
+                     ("tta", "attainable level")):
+    ae_t, ad_t, me_t = mean(key)
+    parts.append(f"to the {label} {ae_t:.1f} = {ae_t / ad_t:.2f}x adamw ({ad_t:.1f}), "
+                 f"mechanize {me_t:.1f}")
+    ok = ae_t <= 0.5 * ad_t and ae_t <= me_t and better_final
+    verdict.append(f"{label} {'holds' if ok else 'fails'}")
+  return [f"{task.name}: ae_adamw time {'; '.join(parts)}; final {ae_f:.4g} vs "
+          f"adamw {ad_f:.4g} — target (<= 0.5x adamw, <= mechanize, final no worse): "
+          + ", ".join(verdict)]
 
 
 def plot(task, data, path):
@@ -210,7 +254,10 @@ def main(argv=None):
        "Time to recover: steps after each switch until the 25-step mean training loss is back "
        "within 10 % of its level just before the switch (never = the whole period), mean over "
        "switches; time to common level: the same, against the pre-switch level of the "
-       "hindsight-best fixed adamw rate, one level for every method; regret: AUC of the metric minus that of the best fixed adamw rate in hindsight "
+       "hindsight-best fixed adamw rate, one level for every method; time to attainable level: the "
+       "same, against the higher of that level and the one the hindsight-best rate reaches by the "
+       "end of the new phase (a harder new phase can make the pre-switch level unreachable for "
+       "every method); regret: AUC of the metric minus that of the best fixed adamw rate in hindsight "
        "(positive = worse). 95 % intervals over seeds."] + blocks
       + ["**Targets**\n\n" + "\n".join(f"- {line}" for line in lines)])
   write_results(md)

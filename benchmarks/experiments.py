@@ -570,7 +570,10 @@ def _drift_experiment(p, name, what):
       "each switch until the 25-step mean training loss is back within 10 % "
       "of its own pre-switch level (never = the whole period); time to "
       "common level: the same against the pre-switch level of the "
-      "hindsight-best fixed adamw rate, one level for all; regret: AUC of "
+      "hindsight-best fixed adamw rate, one level for all; time to "
+      "attainable level: the same against the higher of that level and the "
+      "one the hindsight-best rate reaches by the end of the new phase; "
+      "regret: AUC of "
       "the metric minus that of the hindsight-best fixed adamw rate "
       "(positive = worse). The same measurement as the drift section "
       "(`python -m benchmarks.drift`).",

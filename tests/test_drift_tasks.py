@@ -242,6 +242,31 @@ def test_time_to_recover_on_metric_curves_uses_the_old_phase_at_a_switch():
   assert math.isnan(M.mean_time_to_recover(acc[:2], ev[:2], 4))
 
 
+def test_drift_levels_common_and_attainable_hand_made():
+  """``benchmarks.drift``'s clocks: the common level is the reference's
+  pre-switch level; the attainable one is the higher of that and the level
+  the reference itself reaches by the end of the new phase, so a switch into
+  a harder phase (here the first) is not 'never' for every method."""
+  from benchmarks import drift
+  period = 10
+  ref = np.concatenate([np.full(10, 1.0), np.full(10, 5.0),
+                        np.full(10, 0.5)])[None]
+  assert drift._common_levels(ref, period, window=3) == [1.0, 5.0]
+  assert drift._attainable_levels(ref, period, window=3) == [5.0, 5.0]
+  run = np.concatenate([np.full(10, 1.0), np.full(3, 9.0), np.full(7, 5.0),
+                        np.full(5, 2.0), np.full(5, 0.4)])[None]
+  common = drift.switch_times(run, period, [1.0, 5.0], window=3)
+  # switch 0 never gets back to 1.0 (the whole period); at switch 1 the
+  # first 3-step mean (2.0) is within 10 % of 5.0 at once (window middle: 1)
+  assert common.tolist() == [[10.0, 1.0]]
+  attainable = drift.switch_times(run, period, [5.0, 5.0], window=3)
+  # the first 3-step mean under 5.5 is steps 13-15's (9, 5, 5 -> 6.3 no;
+  # 5, 5, 5 at offset 3), read at the window's middle
+  assert attainable.tolist() == [[4.0, 1.0]]
+  assert drift.time_to_level(run, period, [1.0, 5.0], window=3).tolist() == [
+      5.5]
+
+
 def test_regret_and_hindsight_best():
   steps = np.array([0, 1, 2])
   assert M.regret(np.array([2.0, 2.0, 2.0]), steps,
