@@ -184,6 +184,34 @@ def test_resnet_conv_matches_lax_and_skips_are_identity():
   assert n_blocks == 2 and not np.allclose(out, out0)   # the blocks act
 
 
+def test_epoch_sampling_reads_each_example_once_per_epoch():
+  """``sampling='epochs'``: a fresh permutation each epoch, read batch by
+  batch (what a training loop does); the default draws with replacement."""
+  from ae_jax.bench.tasks import _sample  # pylint: disable=import-outside-toplevel
+  key = jax.random.PRNGKey(3)
+  n, b = 40, 8
+  draw = jax.jit(lambda t: _sample(key, t, n, b, "epochs"))
+  for epoch in range(2):
+    seen = np.concatenate([np.asarray(draw(epoch * 5 + t)) for t in range(5)])
+    assert sorted(seen.tolist()) == list(range(n))
+  # another epoch, another order; the batches of one epoch never repeat
+  assert not np.array_equal(np.asarray(draw(0)), np.asarray(draw(5)))
+  # a remainder (n % b) is left out of the epoch, never read twice
+  odd = np.concatenate([np.asarray(_sample(key, t, 42, 8, "epochs"))
+                        for t in range(5)])
+  assert len(set(odd.tolist())) == 40
+  with_replacement = np.concatenate([np.asarray(_sample(key, t, n, b))
+                                     for t in range(5)])
+  assert len(set(with_replacement.tolist())) < n   # repeats (this key)
+  with pytest.raises(ValueError, match="sampling"):
+    _sample(key, 0, n, b, "shuffle")
+  with pytest.raises(ValueError, match="batch_size"):
+    _sample(key, 0, 4, 8, "epochs")
+  task = T.get("regression", n_train=256, batch_size=32, sampling="epochs")
+  assert task.name == "regression_bs32_epochs"
+  assert T.get("digits_cnn", sampling="epochs").name == "digits_cnn_epochs"
+
+
 # ---- time_to_recover and regret on hand-made curves ------------------------
 
 def test_time_to_recover_hand_made():

@@ -115,8 +115,29 @@ def scaled(task: Task, c: float) -> Task:
       loss_scale=task.loss_scale * c)
 
 
-def _sample(key, step, n, batch_size):
-  return jax.random.randint(jax.random.fold_in(key, step), (batch_size,), 0, n)
+def _sample(key, step, n, batch_size, sampling="replacement"):
+  """The indices of step ``step``'s batch of ``batch_size`` out of ``n``.
+
+  ``"replacement"``: drawn uniformly, independently at every step.
+  ``"epochs"``: shuffled epochs, the usual training loop: a fresh
+  permutation every ``n // batch_size`` steps, read batch by batch, so each
+  example is seen once per epoch (the last ``n % batch_size`` examples of a
+  permutation are left out). Batches drawn without replacement are
+  negatively correlated within an epoch, which a step-size law reading
+  cos(g_t, d_{t-1}) sees and draws with replacement hide."""
+  if sampling == "replacement":
+    return jax.random.randint(jax.random.fold_in(key, step), (batch_size,), 0,
+                              n)
+  if sampling != "epochs":
+    raise ValueError(f"sampling must be 'replacement' or 'epochs', got "
+                     f"{sampling!r}")
+  per_epoch = n // batch_size
+  if per_epoch < 1:
+    raise ValueError(f"sampling='epochs' needs batch_size <= n, got "
+                     f"{batch_size} > {n}")
+  epoch, within = step // per_epoch, step % per_epoch
+  order = jax.random.permutation(jax.random.fold_in(key, epoch), n)
+  return jax.lax.dynamic_slice(order, (within * batch_size,), (batch_size,))
 
 
 def _dense_init(key, sizes, gain=1.0):
@@ -141,9 +162,11 @@ def _mlp(params, x, act=jnp.tanh):
 def regression(batch_size: int = 64, steps: int = 1500, dim: int = 16,
                out: int = 4, hidden: int = 32, noise: float = 0.1,
                n_train: int = 4096, n_test: int = 1024, data_seed: int = 0,
-               target: float | None = None, eval_every: int = 25) -> Task:
+               target: float | None = None, eval_every: int = 25,
+               sampling: str = "replacement") -> Task:
   """MLP ``dim-hidden-hidden-out`` (tanh) on ``y = A x + eps``; metric: test
-  MSE; default target 3x the noise floor (``out * noise**2``)."""
+  MSE; default target 3x the noise floor (``out * noise**2``); batches drawn
+  as ``sampling`` says (:func:`_sample`)."""
   rng = np.random.default_rng(data_seed)
   a = rng.normal(size=(dim, out)) / math.sqrt(dim)
   x = rng.normal(size=(n_train + n_test, dim))
@@ -159,11 +182,14 @@ def regression(batch_size: int = 64, steps: int = 1500, dim: int = 16,
     return loss(params, (xte, yte))
 
   def batch(key, step):
-    idx = _sample(key, step, n_train, batch_size)
+    idx = _sample(key, step, n_train, batch_size, sampling)
     return xtr[idx], ytr[idx]
 
+  name = "regression" if batch_size == 64 else f"regression_bs{batch_size}"
+  if sampling != "replacement":
+    name += f"_{sampling}"
   return Task(
-      name="regression" if batch_size == 64 else f"regression_bs{batch_size}",
+      name=name,
       init=lambda k: _dense_init(k, (dim, hidden, hidden, out)),
       batch=batch, loss=loss, metric=metric, eval_loss=metric,
       target=3 * out * noise**2 if target is None else target,
@@ -292,7 +318,8 @@ def _cnn(params, x, conv_dims):
 
 
 def _classification(name, xtr, ytr, xte, yte, in_shape, conv_dims, channels,
-                    batch_size, steps, target, eval_every, description):
+                    batch_size, steps, target, eval_every, description,
+                    sampling="replacement"):
   xtr, xte = jnp.asarray(xtr, jnp.float32), jnp.asarray(xte, jnp.float32)
   ytr, yte = jnp.asarray(ytr, jnp.int32), jnp.asarray(yte, jnp.int32)
   n = xtr.shape[0]
@@ -309,7 +336,7 @@ def _classification(name, xtr, ytr, xte, yte, in_shape, conv_dims, channels,
     return jnp.mean(jnp.argmax(logits(params, xte), -1) == yte)
 
   def batch(key, step):
-    idx = _sample(key, step, n, batch_size)
+    idx = _sample(key, step, n, batch_size, sampling)
     return xtr[idx], ytr[idx]
 
   return Task(
@@ -323,16 +350,21 @@ def _classification(name, xtr, ytr, xte, yte, in_shape, conv_dims, channels,
 
 @register("digits_cnn")
 def digits_cnn(batch_size: int = 64, steps: int = 600, target: float = 0.93,
-               channels=(8, 16), eval_every: int = 25) -> Task:
+               channels=(8, 16), eval_every: int = 25,
+               sampling: str = "replacement") -> Task:
   """A two-layer CNN on scikit-learn's 8x8 digits (bundled, offline);
-  metric: test accuracy (25% stratified split)."""
+  metric: test accuracy (25% stratified split); batches drawn as
+  ``sampling`` says (:func:`_sample`)."""
   from ae_jax.bench import demo
   d = demo.load_data()
+  suffix = "" if sampling == "replacement" else f"_{sampling}"
   return _classification(
-      "digits_cnn", d.x_train.reshape(-1, 8, 8, 1), d.y_train,
+      f"digits_cnn{suffix}", d.x_train.reshape(-1, 8, 8, 1), d.y_train,
       d.x_test.reshape(-1, 8, 8, 1), d.y_test, (8, 8, 1), 2, channels,
       batch_size, steps, target, eval_every,
-      f"CNN conv{channels} + dense on sklearn digits, batch {batch_size}")
+      f"CNN conv{channels} + dense on sklearn digits, batch {batch_size}"
+      + ("" if sampling == "replacement" else f", {sampling}"),
+      sampling=sampling)
 
 
 @register("mnist1d_cnn")
