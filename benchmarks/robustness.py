@@ -38,12 +38,20 @@ steps and starts; ``--no-merge``: none). It prints the
 summary table, writes ``benchmarks/figures/robustness_heatmap.png`` and the
 section of ``benchmarks/RESULTS.md`` between ``<!-- robustness:begin -->``
 and ``<!-- robustness:end -->``.
+
+Every task draws its batches with replacement. ``--sampling epochs`` reruns
+the tasks that have a finite training set with shuffled epochs instead, as
+a training loop reads them (``ae_jax.bench.tasks._sample``; cached under
+``<task>_epochs``). It prints the same figures and writes nothing to
+RESULTS.md: a measurement of the step-size law's known limit there
+(RESULTS.md, "Shuffled epochs").
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import inspect
 import json
 import math
 import os
@@ -272,9 +280,22 @@ def run_pair(task: T.Task, name: str, seeds, steps: int, profile: str
   return d
 
 
-def build_task(name: str, profile: str) -> T.Task:
+def build_task(name: str, profile: str,
+               sampling: str = "replacement") -> T.Task:
+  """The registered task ``name`` at ``profile``'s budget; with ``sampling``
+  other than ``"replacement"``, its batches drawn that way (``"epochs"``:
+  shuffled epochs, ``tasks._sample``), under its own name (``regression`` →
+  ``regression_epochs``, so it caches apart). Raises ValueError for a task
+  without a finite training set to draw from that way."""
+  kw = {}
   steps = PROFILES[profile].get(name)
-  return T.get(name, steps=steps) if steps else T.get(name)
+  if steps:
+    kw["steps"] = steps
+  if sampling != "replacement":
+    if "sampling" not in inspect.signature(T.REGISTRY[name]).parameters:
+      raise ValueError(f"{name} does not take sampling={sampling!r}")
+    kw["sampling"] = sampling
+  return T.get(name, **kw)
 
 
 def _as_arrays(d):
@@ -517,6 +538,12 @@ def main(argv=None) -> int:
                        "from the cache")
   ap.add_argument("--no-write", action="store_true",
                   help="print only: no figure, no RESULTS.md section")
+  ap.add_argument("--sampling", choices=("replacement", "epochs"),
+                  default="replacement",
+                  help="how the tasks draw their batches; 'epochs' (shuffled "
+                       "epochs) runs the tasks that have a finite training "
+                       "set, caches them apart and only prints (the "
+                       "primary figure draws with replacement)")
   argv = sys.argv[1:] if argv is None else list(argv)
   args = ap.parse_args(argv)
   _commit()
@@ -539,8 +566,8 @@ def main(argv=None) -> int:
   t_start = time.perf_counter()
   for t in task_names:
     try:
-      task = build_task(t, args.profile)
-    except ImportError as e:
+      task = build_task(t, args.profile, args.sampling)
+    except (ImportError, ValueError) as e:
       print(f"{t}: not run ({e})")
       continue
     built[t] = task
@@ -555,7 +582,7 @@ def main(argv=None) -> int:
     ran = False
     for m in methods + merged:
       spec = O.get(m)
-      path = cache_path(args.profile, t, m)
+      path = cache_path(args.profile, task.name, m)
       cached = load(path, seeds, steps, spec)
       must_run = (m in methods and not args.report_only
                   and (bool(explicit) or args.fresh or cached is None))
@@ -582,6 +609,10 @@ def main(argv=None) -> int:
       table[t] = cells(task, {m: _as_arrays(d)
                               for m, d in records[t].items()})
   tasks = [t for t in task_names if t in table]
+  if not tasks:
+    print("no results to report (nothing ran and nothing is cached for "
+          "these tasks and methods)")
+    return 0
   shown = [m for m in list(DEFAULT_METHODS) + explicit
            if any(m in table[t] for t in tasks)]
   shown = list(dict.fromkeys(shown))
@@ -599,7 +630,10 @@ def main(argv=None) -> int:
         f"{', '.join(groups['held-out'])}\n")
   print(report.text_table(rows, cols))
   print(f"\nwall time of this run: {time.perf_counter() - t_start:.0f} s")
-  if not args.no_write and tasks:
+  if args.sampling != "replacement" and not args.no_write:
+    print(f"sampling {args.sampling}: printed only; the RESULTS section and "
+          f"figure stay the primary figure's (batches with replacement)")
+  elif not args.no_write and tasks:
     fig = heatmap(table, tasks, shown, FIGURE)
     write_section(markdown(table, tasks, shown, built, records, groups, seeds,
                            args.profile, fig, argv_line, task_walls,

@@ -220,3 +220,25 @@ def test_windowed_peer_falls_back_to_the_loop(quad):
   g = R.run_grid(quad, spec, starts, [1])
   assert g.mode == "loop" and "windowed" in g.note
   assert np.all(np.isfinite(g.metric))
+
+
+def test_epoch_sampling_builds_renamed_tasks_and_writes_nothing(tmp_path,
+                                                                monkeypatch):
+  """``--sampling epochs``: the tasks with a training set are built drawing
+  shuffled epochs, under their own names (their own cache files); the others
+  are refused by name; the run only prints."""
+  task = RB.build_task("regression", "quick", "epochs")
+  assert task.name == "regression_epochs"
+  assert RB.build_task("resnet_digits", "quick", "epochs").name == (
+      "resnet_digits_epochs")
+  assert RB.build_task("regression", "quick").name == "regression"
+  with pytest.raises(ValueError, match="quadratic"):
+    RB.build_task("quadratic", "quick", "epochs")
+  md = tmp_path / "RESULTS.md"
+  md.write_text("x\n<!-- robustness:begin -->\nold\n<!-- robustness:end -->\n")
+  monkeypatch.setattr(RB, "RESULTS_MD", md)
+  monkeypatch.setattr(RB, "CACHE", tmp_path / "cache")
+  monkeypatch.setattr(RB, "_commit", lambda: None)
+  assert RB.main(["--tasks", "regression,quadratic", "--methods", "ae_adam",
+                  "--sampling", "epochs", "--report-only"]) == 0
+  assert "old" in md.read_text()

@@ -370,9 +370,10 @@ def digits_cnn(batch_size: int = 64, steps: int = 600, target: float = 0.93,
 @register("mnist1d_cnn")
 def mnist1d_cnn(batch_size: int = 64, steps: int = 1500,
                 target: float = 0.6, channels=(16, 32), n: int = 4000,
-                eval_every: int = 50) -> Task:
+                eval_every: int = 50, sampling: str = "replacement") -> Task:
   """A 1-D CNN on MNIST-1D (generated procedurally by ``mnist1d``, offline;
-  the optional ``benchmarks`` extra)."""
+  the optional ``benchmarks`` extra); batches drawn as ``sampling`` says
+  (:func:`_sample`)."""
   try:
     from mnist1d.data import get_dataset_args, make_dataset
   except ImportError as e:  # pragma: no cover - optional dependency
@@ -383,11 +384,14 @@ def mnist1d_cnn(batch_size: int = 64, steps: int = 1500,
   d = make_dataset(args)
   mean, std = d["x"].mean(), d["x"].std()
   norm = lambda v: ((v - mean) / std)[..., None]
+  suffix = "" if sampling == "replacement" else f"_{sampling}"
   return _classification(
-      "mnist1d_cnn", norm(d["x"]), d["y"], norm(d["x_test"]), d["y_test"],
-      (40, 1), 1, channels, batch_size, steps, target, eval_every,
+      f"mnist1d_cnn{suffix}", norm(d["x"]), d["y"], norm(d["x_test"]),
+      d["y_test"], (40, 1), 1, channels, batch_size, steps, target,
+      eval_every,
       f"1-D CNN conv{channels} on MNIST-1D ({n} samples), batch "
-      f"{batch_size}")
+      f"{batch_size}" + ("" if sampling == "replacement" else f", {sampling}"),
+      sampling=sampling)
 
 
 # Experiment 3: character-level language modelling with a small transformer.
@@ -903,7 +907,7 @@ def _resnet(params, x, pool=True):
 @register("resnet_digits")
 def resnet_digits(batch_size: int = 64, steps: int = 600, width: int = 16,
                   blocks: int = 2, target: float | None = None,
-                  eval_every: int = 25) -> Task:
+                  eval_every: int = 25, sampling: str = "replacement") -> Task:
   """A small residual CNN on sklearn's 8x8 digits (``digits_cnn``'s split):
   a 3x3 conv stem to ``width`` channels (ReLU) and a 2x2 max-pool to 4x4,
   ``blocks`` residual blocks ``relu(x + conv(relu(conv(x))))`` with
@@ -911,7 +915,8 @@ def resnet_digits(batch_size: int = 64, steps: int = 600, width: int = 16,
   normalisation. A held-out task: never used for tuning anything. Metric:
   test accuracy. Target (0.93, as ``digits_cnn``): on seed 0 (the tuning
   seed) ``adamw`` at its default rate first reaches it at step 400 of 600
-  (two thirds of the budget) and ends at 0.951.
+  (two thirds of the budget) and ends at 0.951. Batches drawn as
+  ``sampling`` says (:func:`_sample`).
   """
   xtr, ytr, xte, yte = _digits()
   xtr = jnp.asarray(xtr.reshape(-1, 8, 8, 1))
@@ -924,11 +929,13 @@ def resnet_digits(batch_size: int = 64, steps: int = 600, width: int = 16,
     return _ce(_resnet(params, xb), yb)
 
   def batch(key, step):
-    idx = _sample(key, step, n, batch_size)
+    idx = _sample(key, step, n, batch_size, sampling)
     return xtr[idx], ytr[idx]
 
   return Task(
-      name="resnet_digits", init=lambda k: _resnet_init(k, width, blocks),
+      name="resnet_digits" + ("" if sampling == "replacement"
+                              else f"_{sampling}"),
+      init=lambda k: _resnet_init(k, width, blocks),
       batch=batch, loss=loss,
       metric=lambda p: _accuracy(_resnet(p, xte), yte),
       eval_loss=lambda p: _ce(_resnet(p, xte), yte),
