@@ -25,6 +25,13 @@ scale through at 1.15x per step. Over 12 seeds the ratio to the clean run
 was median 1.66, worst 2.97 (with the 1e-3 warm start: 1.24 and 2.02);
 the run goes on training either way (docs/laws.md, "ae_sgdm starts at its
 rate").
+
+The batches cycle through the 256 examples, 8 per epoch. Read that way,
+ae_sgdm's and ae_adam's α fall to Ω's floor in the clean runs too, by step
+~400 (measured on all three seeds; docs/laws.md, "Batches drawn without
+replacement"). The bounds therefore compare runs that mostly stop training
+there: a fault that costs the run still shows, and the finer cost of a fault
+after that point does not.
 """
 
 import chex
