@@ -93,11 +93,6 @@ def switch_times(loss, period, levels, tolerance=0.1, window=25):
   return out
 
 
-def time_to_level(loss, period, levels, tolerance=0.1, window=25):
-  """:func:`switch_times` averaged over the switches, per seed."""
-  return switch_times(loss, period, levels, tolerance, window).mean(-1)
-
-
 def measure(task, methods, seeds) -> dict:
   """Per-method per-seed time-to-recover, regret and final metric on ``task``."""
   grid = [R.run(task, "adamw", seeds, learning_rate=lr) for lr in HINDSIGHT_GRID]

@@ -205,6 +205,8 @@ def test_epoch_sampling_reads_each_example_once_per_epoch():
   assert len(set(with_replacement.tolist())) < n   # repeats (this key)
   with pytest.raises(ValueError, match="sampling"):
     _sample(key, 0, n, b, "shuffle")
+  with pytest.raises(ValueError, match="sampling"):   # when built
+    T.get("regression", sampling="shuffle")
   with pytest.raises(ValueError, match="batch_size"):
     _sample(key, 0, 4, 8, "epochs")
   task = T.get("regression", n_train=256, batch_size=32, sampling="epochs")
@@ -291,8 +293,8 @@ def test_drift_levels_common_and_attainable_hand_made():
   # the first 3-step mean under 5.5 is steps 13-15's (9, 5, 5 -> 6.3 no;
   # 5, 5, 5 at offset 3), read at the window's middle
   assert attainable.tolist() == [[4.0, 1.0]]
-  assert drift.time_to_level(run, period, [1.0, 5.0], window=3).tolist() == [
-      5.5]
+  assert drift.switch_times(run, period, [1.0, 5.0], window=3).mean(
+      -1).tolist() == [5.5]
 
 
 def test_regret_and_hindsight_best():

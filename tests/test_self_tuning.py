@@ -827,21 +827,17 @@ def test_alpha_stays_off_its_floor_under_shuffled_epochs(preset):
   0.012-0.015, optax.adam(1e-2) at 0.003-0.006. Drawn with replacement
   instead, the same runs end with alpha at 0.3 (ae_adam) and 0.5 (ae_sgdm)
   of the rate, and this test passes."""
-  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
-  params = {"w1": jax.random.normal(k1, (8, 32)) * 0.3, "b1": jnp.zeros(32),
-            "w2": jax.random.normal(k2, (32, 1)) * 0.3, "b2": jnp.zeros(1)}
-  x = jax.random.normal(k3, (256, 8))
-  y = jnp.sin(x @ jnp.linspace(-1, 1, 8))[:, None]
-  loss_fn = lambda p, xb, yb: jnp.mean(
-      (jnp.tanh(xb @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"] - yb) ** 2)
+  from test_faults import _loss, _problem  # pylint: disable=import-outside-toplevel
+  params, x, y = _problem(0)
+  order_key = jax.random.split(jax.random.PRNGKey(0), 3)[2]   # _problem's x key
   rate = {"ae_adam": 1e-3, "ae_sgdm": 0.1}[preset]
   tx = getattr(ae, preset)(rate)
 
   def body(carry, i):
     p, s = carry
-    order = jax.random.permutation(jax.random.fold_in(k3, i // 8), 256)
+    order = jax.random.permutation(jax.random.fold_in(order_key, i // 8), 256)
     idx = jax.lax.dynamic_slice(order, ((i % 8) * 32,), (32,))
-    loss, g = jax.value_and_grad(loss_fn)(p, x[idx], y[idx])
+    loss, g = jax.value_and_grad(_loss)(p, x[idx], y[idx])
     u, s = tx.update(g, s, p, value=loss)
     return (optax.apply_updates(p, u), s), None
 

@@ -115,6 +115,25 @@ def scaled(task: Task, c: float) -> Task:
       loss_scale=task.loss_scale * c)
 
 
+SAMPLINGS = ("replacement", "epochs")
+
+
+def _check_sampling(sampling: str) -> None:
+  if sampling not in SAMPLINGS:
+    raise ValueError(f"sampling must be one of {SAMPLINGS}, got "
+                     f"{sampling!r}")
+
+
+def _sampled(name: str, description: str, sampling: str) -> tuple[str, str]:
+  """A task's ``(name, description)`` with its batches drawn as
+  ``sampling`` says: unchanged with replacement, suffixed otherwise (so its
+  results cache apart). Checks ``sampling`` when the task is built."""
+  _check_sampling(sampling)
+  if sampling == "replacement":
+    return name, description
+  return f"{name}_{sampling}", f"{description}, {sampling}"
+
+
 def _sample(key, step, n, batch_size, sampling="replacement"):
   """The indices of step ``step``'s batch of ``batch_size`` out of ``n``.
 
@@ -125,12 +144,10 @@ def _sample(key, step, n, batch_size, sampling="replacement"):
   permutation are left out). Batches drawn without replacement are
   negatively correlated within an epoch, which a step-size law reading
   cos(g_t, d_{t-1}) sees and draws with replacement hide."""
+  _check_sampling(sampling)
   if sampling == "replacement":
     return jax.random.randint(jax.random.fold_in(key, step), (batch_size,), 0,
                               n)
-  if sampling != "epochs":
-    raise ValueError(f"sampling must be 'replacement' or 'epochs', got "
-                     f"{sampling!r}")
   per_epoch = n // batch_size
   if per_epoch < 1:
     raise ValueError(f"sampling='epochs' needs batch_size <= n, got "
@@ -185,18 +202,17 @@ def regression(batch_size: int = 64, steps: int = 1500, dim: int = 16,
     idx = _sample(key, step, n_train, batch_size, sampling)
     return xtr[idx], ytr[idx]
 
-  name = "regression" if batch_size == 64 else f"regression_bs{batch_size}"
-  if sampling != "replacement":
-    name += f"_{sampling}"
+  name, description = _sampled(
+      "regression" if batch_size == 64 else f"regression_bs{batch_size}",
+      f"MLP {dim}-{hidden}-{hidden}-{out} tanh on y = Ax + {noise}N(0,1), "
+      f"batch {batch_size}", sampling)
   return Task(
       name=name,
       init=lambda k: _dense_init(k, (dim, hidden, hidden, out)),
       batch=batch, loss=loss, metric=metric, eval_loss=metric,
       target=3 * out * noise**2 if target is None else target,
       metric_name="test MSE", steps=steps, eval_every=eval_every,
-      description=f"MLP {dim}-{hidden}-{hidden}-{out} tanh on y = Ax + "
-                  f"{noise}N(0,1), batch {batch_size}",
-      config=(("batch_size", batch_size),))
+      description=description, config=(("batch_size", batch_size),))
 
 
 # --------------------------------------------------------------------------
@@ -357,14 +373,14 @@ def digits_cnn(batch_size: int = 64, steps: int = 600, target: float = 0.93,
   ``sampling`` says (:func:`_sample`)."""
   from ae_jax.bench import demo
   d = demo.load_data()
-  suffix = "" if sampling == "replacement" else f"_{sampling}"
+  name, description = _sampled(
+      "digits_cnn",
+      f"CNN conv{channels} + dense on sklearn digits, batch {batch_size}",
+      sampling)
   return _classification(
-      f"digits_cnn{suffix}", d.x_train.reshape(-1, 8, 8, 1), d.y_train,
+      name, d.x_train.reshape(-1, 8, 8, 1), d.y_train,
       d.x_test.reshape(-1, 8, 8, 1), d.y_test, (8, 8, 1), 2, channels,
-      batch_size, steps, target, eval_every,
-      f"CNN conv{channels} + dense on sklearn digits, batch {batch_size}"
-      + ("" if sampling == "replacement" else f", {sampling}"),
-      sampling=sampling)
+      batch_size, steps, target, eval_every, description, sampling=sampling)
 
 
 @register("mnist1d_cnn")
@@ -384,13 +400,13 @@ def mnist1d_cnn(batch_size: int = 64, steps: int = 1500,
   d = make_dataset(args)
   mean, std = d["x"].mean(), d["x"].std()
   norm = lambda v: ((v - mean) / std)[..., None]
-  suffix = "" if sampling == "replacement" else f"_{sampling}"
+  name, description = _sampled(
+      "mnist1d_cnn",
+      f"1-D CNN conv{channels} on MNIST-1D ({n} samples), batch {batch_size}",
+      sampling)
   return _classification(
-      f"mnist1d_cnn{suffix}", norm(d["x"]), d["y"], norm(d["x_test"]),
-      d["y_test"], (40, 1), 1, channels, batch_size, steps, target,
-      eval_every,
-      f"1-D CNN conv{channels} on MNIST-1D ({n} samples), batch "
-      f"{batch_size}" + ("" if sampling == "replacement" else f", {sampling}"),
+      name, norm(d["x"]), d["y"], norm(d["x_test"]), d["y_test"], (40, 1), 1,
+      channels, batch_size, steps, target, eval_every, description,
       sampling=sampling)
 
 
@@ -932,16 +948,15 @@ def resnet_digits(batch_size: int = 64, steps: int = 600, width: int = 16,
     idx = _sample(key, step, n, batch_size, sampling)
     return xtr[idx], ytr[idx]
 
+  name, description = _sampled(
+      "resnet_digits", f"residual CNN (stem {width} ch + {blocks} blocks, "
+      f"GAP) on sklearn digits, batch {batch_size}", sampling)
   return Task(
-      name="resnet_digits" + ("" if sampling == "replacement"
-                              else f"_{sampling}"),
-      init=lambda k: _resnet_init(k, width, blocks),
+      name=name, init=lambda k: _resnet_init(k, width, blocks),
       batch=batch, loss=loss,
       metric=lambda p: _accuracy(_resnet(p, xte), yte),
       eval_loss=lambda p: _ce(_resnet(p, xte), yte),
       target=0.93 if target is None else target,
       metric_name="test accuracy", higher_is_better=True, steps=steps,
       eval_every=eval_every,
-      description=f"residual CNN (stem {width} ch + {blocks} blocks, GAP) on "
-                  f"sklearn digits, batch {batch_size}",
-      config=(("batch_size", batch_size),))
+      description=description, config=(("batch_size", batch_size),))
