@@ -54,13 +54,15 @@ def main(argv=None) -> None:
   print(f"{datetime.date.today()} | {platform.machine()}, {os.cpu_count()} "
         f"cores | seeds {seeds[0]}..{seeds[-1]} (per seed: a / b / c)\n")
   for label, name, overrides in CASES:
+    tasks = {s: T.get(name, sampling=s, **overrides)
+             for s in T.SAMPLINGS}
+    task = tasks["replacement"]
     lines = [f"**{label}**", "",
              "| method | sampling | final metric | training loss, last 100 "
              "steps | α at the end |", "| --- | --- | --- | --- | --- |"]
     for method in args.methods.split(","):
-      for sampling in ("replacement", "epochs"):
-        task = T.get(name, sampling=sampling, **overrides)
-        final, train, alpha = _row(R.run(task, method, seeds))
+      for sampling, sampled_task in tasks.items():
+        final, train, alpha = _row(R.run(sampled_task, method, seeds))
         lines.append(f"| {method} | {sampling} | {final} | {train} | "
                      f"{alpha} |")
     print(f"{lines[0]} ({task.metric_name}, {task.steps} steps)\n")
