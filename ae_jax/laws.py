@@ -771,7 +771,7 @@ def hypergradient(coefficient: str = "learning_rate", *,
                   progress_decays=HYPERGRADIENT_PROGRESS_DECAYS,
                   progress_reset=HYPERGRADIENT_PROGRESS_RESET,
                   alternation=None, horizon=False, overshoot_steps=1,
-                  filter_mode: str = "debiased",
+                  batches_per_epoch=None, filter_mode: str = "debiased",
                   smooth=False) -> optax.GradientTransformationExtraArgs:
   r"""The step size follows the sign of its own hypergradient (AE-5 phase term).
 
@@ -817,6 +817,9 @@ def hypergradient(coefficient: str = "learning_rate", *,
   :math:`\rho \leftarrow \rho_t + (1 - s_t)(1 - |h_{t-1}|)
   (1 - \mathrm{LP}_{\beta_2}(\tilde\rho^2))(\rho^H_t - \rho_t)`,
   :math:`s_t = \sigma(4(\zeta - p_t))`.
+  With ``batches_per_epoch`` B (shuffled epochs), ρ is read on each
+  epoch's first batch only, :math:`t \equiv 0 \pmod B`, and on any
+  overshoot; on the other steps α, the filters and κ hold.
   The derivative of the loss with respect to :math:`\log\alpha` is
   :math:`-\alpha_{t-1} g_t^\top d_{t-1}`, so ρ > 0 says the last step was
   too short and ρ < 0 that it overshot. Dividing the filtered ρ by its RMS
@@ -889,6 +892,18 @@ def hypergradient(coefficient: str = "learning_rate", *,
       displacement ρ reads the floor's own wander as alignment. So it is
       on deterministic gradients (mean square of ρ near 1), where the
       one-step reading has no noise bias to correct.
+    batches_per_epoch: B >= 1, or ``None`` (batches drawn independently):
+      the batches come in shuffled epochs of B, counted from this
+      transformation's first step. Within an epoch the batches' gradients
+      sum to the full gradient, so a batch is anticorrelated with the
+      epoch's earlier batches, which the direction :math:`d_{t-1}` holds:
+      near a stationary point ρ read -0.12 to -0.26 at any α (8 batches per
+      epoch) and the law cut α to Ω's floor. An epoch's first batch is
+      independent of the earlier epochs' batches, so ρ read there has no
+      such bias (``docs/laws.md``, "Batches drawn without replacement").
+      α then moves once per epoch: with many batches per epoch the bias,
+      about :math:`-1/(B-1)` per batch of the same epoch in the direction,
+      is small and ``None`` adapts faster.
     filter_mode: EMA flavour, see :class:`ae_jax.measurement.FilterConfig`.
     smooth: AE-9: the sign test becomes ``sigmoid(h_t h_{t-1} / τ)``;
       ``True`` uses :data:`DEFAULT_TEMPERATURE`.
@@ -923,6 +938,7 @@ def hypergradient(coefficient: str = "learning_rate", *,
   progress_reset, overshoot_steps = _checked_hypergradient_options(
       progress_gate, progress_decays, progress_reset, horizon,
       overshoot_steps, alternation)
+  batches_per_epoch = _checked_epoch(batches_per_epoch)
 
   def init_fn(params):
     _check_names("hypergradient", [coefficient], params)
@@ -943,7 +959,11 @@ def hypergradient(coefficient: str = "learning_rate", *,
   def update_fn(updates, state, params=None, *, signals, **extra_args):
     del params, extra_args
     measured = jnp.asarray(signals.rho, state.mean.dtype)
-    rho_square = _rho_square(state, square_decay)
+    # The number of ρ readings folded in so far: with an epoch length, one
+    # per epoch (overshoot readings aside).
+    reads = (state.count if batches_per_epoch is None
+             else (state.count + batches_per_epoch - 1) // batches_per_epoch)
+    rho_square = _rho_square(state, square_decay, reads)
     if progress_gate is None:
       weight, stalled, loss_state = reversal_weight, 1.0, ((), (), ())
     else:
@@ -963,7 +983,7 @@ def hypergradient(coefficient: str = "learning_rate", *,
                     horizon=horizon, alternation=alternation, temp=temp)
     (mean, square), (mean_hat, square_hat) = measurement.emas(
         (state.mean, state.square), (rho, rho * rho), (decay, square_decay),
-        state.count, filter_mode)
+        reads, filter_mode)
     # |h| <= 1: with the faster filter of ρ its mean can outrun the RMS
     # (a jump of ρ from 0 to 0.5 read h ≈ 3 for a few steps).
     h = mean_hat * jax.lax.rsqrt(jnp.maximum(square_hat, mean_hat * mean_hat)
@@ -973,6 +993,17 @@ def hypergradient(coefficient: str = "learning_rate", *,
     factor = shrink + (grow - shrink) * held
     lo = gain / 20.0 if min_gain is None else min_gain
     new_gain = jnp.clip(state.gain * factor, lo, gain)
+    if batches_per_epoch is not None:
+      # Each epoch's first batch only (and any overshoot): its noise is
+      # independent of the direction, built from earlier epochs' batches.
+      read = (state.count % batches_per_epoch == 0) | overshoot
+      mean, square, new_gain, h = (
+          jnp.where(read, new, old) for new, old in
+          ((mean, state.mean), (square, state.square),
+           (new_gain, state.gain), (h, state.last)))
+      step = jnp.where(read, state.gain * h, 0.0)
+    else:
+      step = state.gain * h
     new_state = HypergradientState(count=optax.safe_increment(state.count),
                                    mean=mean, square=square,
                                    gain=new_gain.astype(state.gain.dtype),
@@ -982,7 +1013,7 @@ def hypergradient(coefficient: str = "learning_rate", *,
                                    rho_last=(() if alternation is None
                                              else measured),
                                    streak=streak)
-    return _add(updates, coefficient, state.gain * h), new_state
+    return _add(updates, coefficient, step), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -1011,11 +1042,25 @@ def _checked_hypergradient_options(progress_gate, progress_decays,
   return progress_reset, int(overshoot_steps)
 
 
-def _rho_square(state: HypergradientState, square_decay):
+def _checked_epoch(batches_per_epoch) -> int | None:
+  """``batches_per_epoch`` as an int >= 1, or None."""
+  if batches_per_epoch is None:
+    return None
+  if (isinstance(batches_per_epoch, bool)
+      or not isinstance(batches_per_epoch, (int, np.integer))
+      or batches_per_epoch < 1):
+    raise ValueError(f"ae_jax.laws.hypergradient: batches_per_epoch must be "
+                     f"an integer >= 1 or None, got {batches_per_epoch!r}")
+  return int(batches_per_epoch)
+
+
+def _rho_square(state: HypergradientState, square_decay, reads=None):
   """LP(ρ̃²), debiased and clipped to [0, 1] (1 before any measurement):
-  ~1 on deterministic gradients, 0.03-0.1 on minibatches."""
-  seen = state.count.astype(state.square.dtype)
-  square = jnp.where(state.count > 0, state.square / jnp.maximum(
+  ~1 on deterministic gradients, 0.03-0.1 on minibatches. ``reads``: the
+  number of ρ readings folded in so far (default: every step's)."""
+  reads = state.count if reads is None else reads
+  seen = reads.astype(state.square.dtype)
+  square = jnp.where(reads > 0, state.square / jnp.maximum(
       1.0 - jnp.asarray(square_decay, state.square.dtype) ** seen, _TINY),
       1.0)
   return jnp.clip(square, 0.0, 1.0)

@@ -206,6 +206,7 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
                    alternation: float | None = HYPERGRADIENT_ALTERNATION,
                    overshoot_steps: int = HYPERGRADIENT_OVERSHOOT_STEPS,
                    horizon: bool = False,
+                   batches_per_epoch: int | None = None,
                    gains: Mapping[str, laws.DriveGains] | LawGains | None = None,
                    eta: Mapping[str, float] | None = None,
                    smooth=False) -> optax.GradientTransformationExtraArgs:
@@ -261,6 +262,10 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
       recent displacement (:func:`ae_jax.laws.hypergradient`'s
       ``horizon``; the optimizer must measure it: ``ae.adapt``'s
       ``horizon``). ``ae_sgdm`` turns it on.
+    batches_per_epoch: the batches come in shuffled epochs of this many:
+      the step-size law reads ρ on each epoch's first batch only
+      (:func:`ae_jax.laws.hypergradient`); ``None``: batches drawn
+      independently.
     gains: a :class:`LawGains` (every gain, may be traced: AE-9), or
       overrides of :data:`CANONICAL_DRIVE` rows.
     eta: overrides of :data:`CANONICAL_ETA` (with a mapping ``gains``).
@@ -291,6 +296,7 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
         reversal_weight=reversal_weight, progress_weight=progress_weight,
         alternation=alternation, horizon=horizon,
         overshoot_steps=overshoot_steps, progress_reset=progress_reset,
+        batches_per_epoch=batches_per_epoch,
         # With equal weights the gate has nothing to switch (but says when
         # to read the long-horizon ρ).
         progress_gate=(None if _same(reversal_weight, progress_weight)
@@ -501,12 +507,18 @@ def _sigma_spec(sigma, bounds):
 
 def _finish(inner, specs, laws_chain, *, delayed, seed, gains, smooth,
             momentum="auto", step_scale=None, travel_cap=None, horizon=None,
-            **law_flags):
+            batches_per_epoch=None, **law_flags):
   names = [c.name for c in specs]
   cap = {n: 0.5 for n in ("momentum", "b1") if n in names}
   if laws_chain is None:
     laws_chain = canonical_laws(names, gains=gains, smooth=smooth,
-                                horizon=horizon is not None, **law_flags)
+                                horizon=horizon is not None,
+                                batches_per_epoch=batches_per_epoch,
+                                **law_flags)
+  elif batches_per_epoch is not None:
+    raise ValueError("batches_per_epoch configures the canonical step-size "
+                     "law; with a laws_chain, pass it to "
+                     "ae.laws.hypergradient in that chain instead")
   return adapt(inner, specs, laws_chain,
                brake=Brake(scale={LEARNING_RATE: 0.1}, cap=cap),
                filters=filter_config(gains), delayed=delayed, seed=seed,
@@ -524,6 +536,7 @@ def ae_sgdm(learning_rate: optax.ScalarOrSchedule = 1e-1,
             gains: LawGains | None = None, smooth=False,
             travel_cap: float | None = TRAVEL_CAP,
             horizon: float | None = PHASE_HORIZON,
+            batches_per_epoch: int | None = None,
             ) -> optax.GradientTransformationExtraArgs:
   """AE-SGDm: SGD with EMA momentum whose step size α finds itself.
 
@@ -587,6 +600,12 @@ def ae_sgdm(learning_rate: optax.ScalarOrSchedule = 1e-1,
       against while the loss falls (:func:`ae_jax.adapt`'s ``horizon``,
       :func:`ae_jax.laws.hypergradient`'s; one more parameter-sized
       buffer). ``None``: the one-step ρ throughout.
+    batches_per_epoch: B when the batches come in shuffled epochs of B
+      (each example once per epoch; count from the first ``update``): the
+      step-size law reads ρ on each epoch's first batch only. Within an
+      epoch the batches are anticorrelated, and read every step ρ sent α
+      to Ω's floor (:func:`ae_jax.laws.hypergradient`). ``None``: batches
+      drawn independently.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``value=``
@@ -638,7 +657,7 @@ def ae_sgdm(learning_rate: optax.ScalarOrSchedule = 1e-1,
                  progress_weight=SGDM_PROGRESS_WEIGHT,
                  progress_reset=SGDM_PROGRESS_RESET,
                  overshoot_steps=SGDM_OVERSHOOT_STEPS, travel_cap=travel_cap,
-                 horizon=horizon)
+                 horizon=horizon, batches_per_epoch=batches_per_epoch)
 
 
 def _check_common(*, warm_start, learning_rate_bounds, sigma_bounds,
@@ -718,6 +737,7 @@ def ae_adam(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9,
             sigma_bounds=None, eps_bounds=None, laws_chain=None,
             delayed: bool = False, seed: int = 0,
             gains: LawGains | None = None, smooth=False,
+            batches_per_epoch: int | None = None,
             ) -> optax.GradientTransformationExtraArgs:
   """AE-Adam: Adam whose step size α finds itself.
 
@@ -758,6 +778,8 @@ def ae_adam(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9,
     seed: noise seed.
     gains: a :class:`LawGains` (may be traced); see :func:`ae_sgdm`.
     smooth: AE-9 smooth mode; see :func:`ae_sgdm`.
+    batches_per_epoch: shuffled epochs of this many batches; see
+      :func:`ae_sgdm`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``value=``
@@ -792,7 +814,8 @@ def ae_adam(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9,
                       eps_bounds)
   inner = injected(optax.adam, learning_rate=alpha0, b1=b1, b2=b2, eps=eps)
   return _finish(inner, specs, laws_chain, delayed=delayed, seed=seed,
-                 gains=gains, smooth=smooth, step_scale=step_scale)
+                 gains=gains, smooth=smooth, step_scale=step_scale,
+                 batches_per_epoch=batches_per_epoch)
 
 
 def adamw_decay_at(rate):
@@ -840,6 +863,7 @@ def ae_adamw(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9,
              laws_chain=None,
              delayed: bool = False, seed: int = 0,
              gains: LawGains | None = None, smooth=False,
+             batches_per_epoch: int | None = None,
              ) -> optax.GradientTransformationExtraArgs:
   """AE-AdamW: AdamW whose step size finds itself; decay at the user's rate.
 
@@ -877,6 +901,8 @@ def ae_adamw(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9,
     seed: noise seed.
     gains: a :class:`LawGains` (may be traced); see :func:`ae_sgdm`.
     smooth: AE-9 smooth mode; see :func:`ae_sgdm`.
+    batches_per_epoch: shuffled epochs of this many batches; see
+      :func:`ae_sgdm`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``value=``
@@ -914,4 +940,5 @@ def ae_adamw(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9,
   inner = injected(adamw_decay_at(alpha0), learning_rate=alpha0, b1=b1,
                    b2=b2, eps=eps, weight_decay=weight_decay)
   return _finish(inner, specs, laws_chain, delayed=delayed, seed=seed,
-                 gains=gains, smooth=smooth, step_scale=step_scale)
+                 gains=gains, smooth=smooth, step_scale=step_scale,
+                 batches_per_epoch=batches_per_epoch)

@@ -812,26 +812,46 @@ def test_presets_overshoot_steps():
   assert law_state(ae.ae_sgdm()).streak == ()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known limit (docs/laws.md, 'Batches drawn without replacement'): within "
-    "a shuffled epoch the batches' gradients are negatively correlated, so "
-    "near a stationary point rho reads negative at any step size and the "
-    "step-size law cuts alpha to the floor of Omega; strict, so a fix "
-    "flips this test"), raises=AssertionError)
-@pytest.mark.parametrize("preset", ["ae_adam", "ae_sgdm"])
-def test_alpha_stays_off_its_floor_under_shuffled_epochs(preset):
-  """A tanh MLP on 256 examples in shuffled epochs of 8 batches (the fault
-  suite's problem): alpha should settle, not fall to Omega's floor (1e-6 of
-  its rate) while the training loss still has room: over 1,500 steps and
-  three seeds of this problem ae_adam ends at a full-batch loss of
-  0.012-0.015, optax.adam(1e-2) at 0.003-0.006. Drawn with replacement
-  instead, the same runs end with alpha at 0.3 (ae_adam) and 0.5 (ae_sgdm)
-  of the rate, and this test passes."""
+def test_batches_per_epoch_reads_rho_on_each_epochs_first_batch():
+  kw = dict(gain=0.2, decay=0.5, square_decay=0.5, grow=1.2, shrink=0.5)
+  law = laws.hypergradient(batches_per_epoch=3, **kw)
+  # Read at steps 0, 3 and 6 only: ρ = 1, 1, -1 there gives
+  # test_hypergradient_by_hand's steps (its filters debiased over 3 reads),
+  # and nothing moves on the steps between, whatever ρ says.
+  steps, state = _run_law(law, [1.0, -0.9, -0.9, 1.0, 0.7, -0.4, -1.0])
+  np.testing.assert_allclose(steps, [0.2, 0, 0, 0.2, 0, 0, -0.2 / 7],
+                             rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(float(state.gain), 0.1, rtol=1e-6)
+  # An overshoot (clipped while the loss rose) is read mid-epoch too.
+  plain = laws.hypergradient(**kw)
+  spike = (0.5, 0.3, 2.0)
+  np.testing.assert_allclose(
+      _run_overshoot(law, [(0.5, 1.0, 1.0), spike])[0],
+      _run_overshoot(plain, [(0.5, 1.0, 1.0), (-1.0, 1.0, 1.0)])[0],
+      rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0, -8, 2.5, True, "8"])
+def test_batches_per_epoch_is_validated(bad):
+  with pytest.raises(ValueError, match="batches_per_epoch must be an integer"):
+    laws.hypergradient(batches_per_epoch=bad)
+  with pytest.raises(ValueError, match="batches_per_epoch must be an integer"):
+    ae.ae_adam(batches_per_epoch=bad)
+  # A custom chain holds its own step-size law: the preset cannot set it.
+  with pytest.raises(ValueError, match="batches_per_epoch configures"):
+    ae.ae_sgdm(batches_per_epoch=8, laws_chain=ae.canonical_laws(
+        ["learning_rate", "momentum", "sigma"]))
+
+
+def _shuffled_epochs(preset, steps=1000, **kwargs):
+  """``preset`` on the fault suite's tanh MLP (256 examples) in shuffled
+  epochs of 8 batches of 32; returns α / α0 and the full-batch loss at the
+  end."""
   from test_faults import _loss, _problem  # pylint: disable=import-outside-toplevel
   params, x, y = _problem(0)
   order_key = jax.random.split(jax.random.PRNGKey(0), 3)[2]   # _problem's x key
   rate = {"ae_adam": 1e-3, "ae_sgdm": 0.1}[preset]
-  tx = getattr(ae, preset)(rate)
+  tx = getattr(ae, preset)(rate, **kwargs)
 
   def body(carry, i):
     p, s = carry
@@ -841,7 +861,42 @@ def test_alpha_stays_off_its_floor_under_shuffled_epochs(preset):
     u, s = tx.update(g, s, p, value=loss)
     return (optax.apply_updates(p, u), s), None
 
-  (_, state), _ = jax.jit(lambda: jax.lax.scan(
-      body, (params, tx.init(params)), jnp.arange(1000)))()
-  alpha = float(ae.coefficients(state)["learning_rate"])
-  assert alpha > 1e-3 * rate, alpha   # Omega's floor is 1e-6 * rate
+  (p, state), _ = jax.jit(lambda: jax.lax.scan(
+      body, (params, tx.init(params)), jnp.arange(steps)))()
+  return (float(ae.coefficients(state)["learning_rate"]) / rate,
+          float(_loss(p, x, y)))
+
+
+@pytest.mark.parametrize("preset", ["ae_adam", "ae_sgdm"])
+def test_batches_per_epoch_keeps_alpha_off_its_floor_in_shuffled_epochs(
+    preset):
+  """Told the epoch length, the step-size law reads ρ where the batch is
+  independent of the direction, and α settles: over 1,500 steps and three
+  seeds of this problem ae_adam ends at α/α0 5-10 and a full-batch loss of
+  0.004-0.005, against 1e-6 and 0.016-0.021 without (ae_sgdm: 1.3 and
+  0.003-0.006 against 1e-6 and 0.011-0.014)."""
+  alpha, loss = _shuffled_epochs(preset, batches_per_epoch=8)
+  _, unaware = _shuffled_epochs(preset)
+  assert alpha > 0.1, alpha
+  assert loss < 0.7 * unaware, (loss, unaware)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known limit (docs/laws.md, 'Batches drawn without replacement'): within "
+    "a shuffled epoch the batches' gradients are negatively correlated, so "
+    "near a stationary point rho reads negative at any step size and the "
+    "step-size law cuts alpha to the floor of Omega; strict, so a fix "
+    "flips this test"), raises=AssertionError)
+@pytest.mark.parametrize("preset", ["ae_adam", "ae_sgdm"])
+def test_alpha_stays_off_its_floor_under_shuffled_epochs(preset):
+  """A tanh MLP on 256 examples in shuffled epochs of 8 batches (the fault
+  suite's problem), the law not told the epoch length: alpha should settle,
+  not fall to Omega's floor (1e-6 of its rate) while the training loss
+  still has room: over 1,500 steps and three seeds of this problem ae_adam
+  ends at a full-batch loss of 0.012-0.015, optax.adam(1e-2) at
+  0.003-0.006. Drawn with replacement instead, the same runs end with alpha
+  at 0.3 (ae_adam) and 0.5 (ae_sgdm) of the rate, and this test passes;
+  told the epoch length (``batches_per_epoch``), it passes too (the test
+  above)."""
+  alpha, _ = _shuffled_epochs(preset)
+  assert alpha > 1e-3, alpha   # Omega's floor is 1e-6 of the rate
