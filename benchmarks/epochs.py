@@ -8,7 +8,11 @@ near a stationary point, cos(g_t, d_{t-1}) reads negative at any step size,
 and a step-size law built on it reads that as an overshoot. This script runs
 each method on the same tasks under both samplers (same initialisation, same
 data, the same number of steps) and prints the final metric, the training
-loss over the last 100 steps and, for the AE presets, α at the end.
+loss over the last 100 steps and, for the AE presets, α at the end. The
+``<preset>@epochs`` methods are the preset told the epoch length
+(``batches_per_epoch``): the step-size law then reads ρ on each epoch's
+first batch only. Drawn with replacement they are the preset, so only their
+epochs row is run.
 
   JAX_PLATFORMS=cpu python -m benchmarks.epochs [--seeds 3]
 """
@@ -22,11 +26,12 @@ import platform
 
 import numpy as np
 
+from ae_jax.bench import optimizers as O
 from ae_jax.bench import runner as R
 from ae_jax.bench import tasks as T
 
-METHODS = ("ae_adam", "ae_adamw", "ae_sgdm", "adamw", "mechanize_adam",
-           "prodigy")
+METHODS = ("ae_adam", "ae_adam@epochs", "ae_adamw", "ae_adamw@epochs",
+           "ae_sgdm", "ae_sgdm@epochs", "adamw", "mechanize_adam", "prodigy")
 # (label, registered task, overrides): few batches per epoch first, where
 # the correlation is strongest.
 CASES = (
@@ -62,6 +67,8 @@ def main(argv=None) -> None:
              "steps | α at the end |", "| --- | --- | --- | --- | --- |"]
     for method in args.methods.split(","):
       for sampling, sampled_task in tasks.items():
+        if method.endswith(O.EPOCHS) and sampling == "replacement":
+          continue
         final, train, alpha = _row(R.run(sampled_task, method, seeds))
         lines.append(f"| {method} | {sampling} | {final} | {train} | "
                      f"{alpha} |")

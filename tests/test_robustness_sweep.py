@@ -242,3 +242,21 @@ def test_epoch_sampling_builds_renamed_tasks_and_writes_nothing(tmp_path,
   assert RB.main(["--tasks", "regression,quadratic", "--methods", "ae_adam",
                   "--sampling", "epochs", "--report-only"]) == 0
   assert "old" in md.read_text()
+
+
+def test_epochs_specs_are_told_the_tasks_epoch_length():
+  """``<preset>@epochs`` passes the task's batches per epoch to the preset:
+  it is the preset on a task drawn with replacement and reads ρ once per
+  epoch (so trains differently) on the same task in shuffled epochs."""
+  kw = dict(n_train=256, batch_size=32, steps=50, eval_every=25)
+  epochs = T.get("regression", sampling="epochs", **kw)
+  drawn = T.get("regression", **kw)
+  assert (epochs.batches_per_epoch, drawn.batches_per_epoch) == (8, None)
+  assert O.get("ae_adam@epochs").per_epoch
+  assert not O.get("ae_adam@epochs").for_task(drawn).per_epoch
+  loss = {(task.name, m): R.run(task, m, [1]).loss
+          for task in (epochs, drawn) for m in ("ae_adam", "ae_adam@epochs")}
+  np.testing.assert_array_equal(loss[drawn.name, "ae_adam"],
+                                loss[drawn.name, "ae_adam@epochs"])
+  assert not np.allclose(loss[epochs.name, "ae_adam"],
+                         loss[epochs.name, "ae_adam@epochs"])

@@ -22,6 +22,9 @@ methods, where it is a multiplier). Names:
   ``tox_spsa``, ``tox_adaptive`` (tensor-optix, when installed);
 * AE: ``ae_sgdm``, ``ae_adam``, ``ae_adamw``, ``ae_adafactor``;
   ``ae_sgdm_noise`` (σ₀ = 1e-3, so the noise law has something to drive);
+  ``ae_sgdm@epochs``, ``ae_adam@epochs``, ``ae_adamw@epochs``: the preset
+  told the task's batches per epoch (``batches_per_epoch``) on tasks whose
+  batches come in shuffled epochs (``sampling="epochs"``);
 * knock-outs of the canonical laws: ``<preset>-no_<law>`` for law in
   hypergradient, noise (the preset's own ``laws_chain=canonical_laws(...,
   law=False)``);
@@ -63,6 +66,7 @@ start is the learning rate). The grids:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import numpy as np
@@ -90,6 +94,18 @@ class OptSpec:
   start_default: float | None = None
   start_grid: tuple = ()
   start_factory: Callable[[Any, int], Any] | None = None
+  # ``factory`` takes ``batches_per_epoch=`` and is told the task's epoch
+  # length (``for_task``): the ``<preset>@epochs`` specs.
+  per_epoch: bool = False
+
+  def for_task(self, task) -> "OptSpec":
+    """This spec as run on ``task``: told its epoch length when
+    ``per_epoch`` (``task.batches_per_epoch``, None with replacement)."""
+    if not self.per_epoch:
+      return self
+    return dataclasses.replace(
+        self, per_epoch=False, factory=functools.partial(
+            self.factory, batches_per_epoch=task.batches_per_epoch))
 
   def at_start(self, start, steps: int):
     """The transformation started at ``start`` (may be traced: the sweep's
@@ -111,6 +127,10 @@ REGISTRY: dict[str, OptSpec] = {}
 KNOCKOUTS = ("hypergradient", "noise")
 ADD_ONS = ("resonance", "gauge", "coupling", "drive", "budget", "safety")
 TUNED = "@tuned"
+# ``<preset>@epochs``: the preset told the task's batches per epoch
+# (``batches_per_epoch``; the same as the preset on tasks drawn with
+# replacement).
+EPOCHS = "@epochs"
 
 
 # The start grids (see the module doc).
@@ -271,7 +291,8 @@ _BASE_FLAGS = {"ae_sgdm": {"reversal_weight": ae.laws.SGDM_REVERSAL_WEIGHT,
                "ae_adam": {}, "ae_adamw": {}}
 
 
-def _ae(name, preset, lr, extra=None, knock=None, add=None):
+def _ae(name, preset, lr, extra=None, knock=None, add=None,
+        per_epoch=False):
   extra = dict(extra or {})
   flags = dict(_BASE_FLAGS[preset])
   if knock:
@@ -281,9 +302,9 @@ def _ae(name, preset, lr, extra=None, knock=None, add=None):
   custom = bool(knock or add)
 
   def factory(learning_rate, steps, preset=preset, extra=extra, flags=flags,
-              custom=custom):
+              custom=custom, **epochs):
     if not custom:
-      return _PRESET[preset](learning_rate, **extra)
+      return _PRESET[preset](learning_rate, **extra, **epochs)
     chain = ae.canonical_laws(AE_NAMES[preset], **flags)
     return _PRESET[preset](learning_rate, laws_chain=chain, **extra)
 
@@ -292,6 +313,8 @@ def _ae(name, preset, lr, extra=None, knock=None, add=None):
     description += f", {knock} law off"
   if add:
     description += f", optional {add} law on"
+  if per_epoch:
+    description += ", told the task's batches per epoch"
   # The start is the preset's learning rate, traced in the sweep's vmapped
   # grid: the preset is then built at its static default and ``adapt``'s
   # step_scale carries start / default. Ω, the warm start and the brake are
@@ -302,12 +325,13 @@ def _ae(name, preset, lr, extra=None, knock=None, add=None):
 
   register(OptSpec(name, factory, lr, needs_value=True, is_ae=True,
                    family=preset.replace("ae_", ""),
-                   description=description,
+                   description=description, per_epoch=per_epoch,
                    start_name="initial learning rate (α0)"))
 
 
 for _p in _PRESET:
   _ae(_p, _p, _DEFAULT_LR[_p])
+  _ae(f"{_p}{EPOCHS}", _p, _DEFAULT_LR[_p], per_epoch=True)
   for _law in KNOCKOUTS:
     _ae(f"{_p}-no_{_law}", _p, _DEFAULT_LR[_p], knock=_law)
   for _law in ADD_ONS:

@@ -199,6 +199,7 @@ def run(task: Task, optimizer: str | O.OptSpec, seeds: Sequence[int],
       (``Result.held_out_loss``).
   """
   spec = O.get(optimizer) if isinstance(optimizer, str) else optimizer
+  spec = spec.for_task(task)
   every = task.eval_every
   steps = _round_steps(steps or task.steps, every)
   tuning = None
@@ -418,6 +419,7 @@ def run_grid(task: Task, optimizer: str | O.OptSpec, starts: Sequence[float],
   vmapped path (errors propagate), ``False`` the loop.
   """
   spec = O.get(optimizer) if isinstance(optimizer, str) else optimizer
+  spec = spec.for_task(task)
   every = task.eval_every
   steps = _round_steps(steps or task.steps, every)
   starts_arr = np.asarray(list(starts), float)

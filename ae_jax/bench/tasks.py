@@ -77,6 +77,10 @@ class Task:
   switch_every: int | None = None
   metric_at: Callable[[Any, jax.Array], jax.Array] | None = None
   eval_loss_at: Callable[[Any, jax.Array], jax.Array] | None = None
+  # Batches in shuffled epochs (sampling="epochs"): how many per epoch, what
+  # a user would pass as ``batches_per_epoch``; None when drawn with
+  # replacement.
+  batches_per_epoch: int | None = None
 
   def reached(self, value):
     """Whether ``value`` meets the target (elementwise)."""
@@ -132,6 +136,11 @@ def _sampled(name: str, description: str, sampling: str) -> tuple[str, str]:
   if sampling == "replacement":
     return name, description
   return f"{name}_{sampling}", f"{description}, {sampling}"
+
+
+def _per_epoch(n: int, batch_size: int, sampling: str) -> int | None:
+  """Batches per epoch under ``sampling`` (None with replacement)."""
+  return n // batch_size if sampling == "epochs" else None
 
 
 def _sample(key, step, n, batch_size, sampling="replacement"):
@@ -212,7 +221,8 @@ def regression(batch_size: int = 64, steps: int = 1500, dim: int = 16,
       batch=batch, loss=loss, metric=metric, eval_loss=metric,
       target=3 * out * noise**2 if target is None else target,
       metric_name="test MSE", steps=steps, eval_every=eval_every,
-      description=description, config=(("batch_size", batch_size),))
+      description=description, config=(("batch_size", batch_size),),
+      batches_per_epoch=_per_epoch(n_train, batch_size, sampling))
 
 
 # --------------------------------------------------------------------------
@@ -361,7 +371,8 @@ def _classification(name, xtr, ytr, xte, yte, in_shape, conv_dims, channels,
       batch=batch, loss=loss, metric=metric,
       eval_loss=lambda p: loss(p, (xte, yte)), target=target,
       metric_name="test accuracy", higher_is_better=True, steps=steps,
-      eval_every=eval_every, description=description)
+      eval_every=eval_every, description=description,
+      batches_per_epoch=_per_epoch(n, batch_size, sampling))
 
 
 @register("digits_cnn")
@@ -959,4 +970,5 @@ def resnet_digits(batch_size: int = 64, steps: int = 600, width: int = 16,
       target=0.93 if target is None else target,
       metric_name="test accuracy", higher_is_better=True, steps=steps,
       eval_every=eval_every,
-      description=description, config=(("batch_size", batch_size),))
+      description=description, config=(("batch_size", batch_size),),
+      batches_per_epoch=_per_epoch(n, batch_size, sampling))
