@@ -64,13 +64,17 @@ def test_hypergradient_is_bounded_and_its_gain_has_a_floor():
   np.testing.assert_allclose(float(state.gain), 0.01, rtol=1e-5)
 
 
-def test_hypergradient_smooth_mode_is_differentiable():
+@pytest.mark.parametrize("batches_per_epoch", [None, 2])
+def test_hypergradient_smooth_mode_is_differentiable(batches_per_epoch):
   def total(gain):
-    law = laws.hypergradient(gain=gain, smooth=True)
+    law = laws.hypergradient(gain=gain, smooth=True,
+                             batches_per_epoch=batches_per_epoch)
     z = {"learning_rate": jnp.zeros([])}
     state = law.init(z)
     out = 0.0
-    for r in (0.5, 0.4, -0.3, 0.2):
+    # With epochs of 2: -0.6 turns h negative, so 0.2 (second of its
+    # epoch) is not read, -0.5 (first of the next) is, and 0.3 is not.
+    for r in (0.5, 0.4, -0.6, 0.2, -0.5, 0.3):
       dz, state = law.update({"learning_rate": jnp.zeros([])}, state, z,
                              signals=_signals(r))
       out = out + dz["learning_rate"]

@@ -101,12 +101,15 @@ def accuracy(params, x, y):
   return jnp.mean(jnp.argmax(mlp(params, x), axis=-1) == y)
 
 
-def make_optimizer(method: str, learning_rate: float
+def make_optimizer(method: str, learning_rate: float,
+                   batches_per_epoch: int | None = None
                    ) -> optax.GradientTransformationExtraArgs:
-  """``ae_adamw`` (library defaults) or ``optax.adamw`` with the same initial
+  """``ae_adamw`` (library defaults, told the epoch length of the shuffled
+  batches, ``batches_per_epoch``) or ``optax.adamw`` with the same initial
   learning rate and weight decay."""
   if method == "ae_adamw":
-    return ae.ae_adamw(learning_rate=learning_rate)
+    return ae.ae_adamw(learning_rate=learning_rate,
+                       batches_per_epoch=batches_per_epoch)
   if method == "adamw":
     return optax.adamw(learning_rate, weight_decay=WEIGHT_DECAY)
   raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
@@ -129,10 +132,11 @@ def batch_order(seed: int, steps: int, n_train: int,
 
 
 @functools.lru_cache(maxsize=None)
-def _chunk_runner(method: str, learning_rate: float) -> Callable:
+def _chunk_runner(method: str, learning_rate: float,
+                  batches_per_epoch: int) -> Callable:
   """The jitted chunk of training for ``method`` (one compile per method and
   chunk length, shared by all seeds)."""
-  tx = make_optimizer(method, learning_rate)
+  tx = make_optimizer(method, learning_rate, batches_per_epoch)
   is_ae = method.startswith("ae_")
 
   def step(carry, idx, x_train, y_train):
@@ -191,7 +195,9 @@ def train(method: str, seed: int, steps: int, *, data: Data | None = None,
     raise ValueError(f"chunk must be >= 1, got {chunk}")
   data = load_data() if data is None else data
   start = time.perf_counter()
-  tx, run = _chunk_runner(method, float(learning_rate))
+  # The batches come in shuffled epochs (batch_order), as in most loops.
+  tx, run = _chunk_runner(method, float(learning_rate),
+                          len(data.y_train) // batch_size)
   n_features = data.x_train.shape[1]
   n_classes = int(max(data.y_train.max(), data.y_test.max())) + 1
   params = init_mlp(jax.random.PRNGKey(seed),
