@@ -51,7 +51,14 @@ def loss_fn(params, xb, yb):
 
 
 def train(tx, params, steps=STEPS, batch=64):
-  """A jitted lax.scan training loop; logs loss, coefficients and signals."""
+  """A jitted lax.scan training loop; logs loss, coefficients and signals.
+
+  Batches are drawn independently (with replacement). A loop that reads
+  shuffled epochs instead should tell the preset the epoch length,
+  ``ae.ae_adamw(1e-3, batches_per_epoch=X.shape[0] // batch)``: within an
+  epoch the batches are anticorrelated, and the step-size law would read
+  that as an overshoot (docs/laws.md, "Batches drawn without replacement").
+  """
   order = jax.random.randint(jax.random.PRNGKey(1), (steps, batch), 0, X.shape[0])
 
   def step(carry, idx):
