@@ -245,18 +245,19 @@ def test_epoch_sampling_builds_renamed_tasks_and_writes_nothing(tmp_path,
 
 
 def test_epochs_specs_are_told_the_tasks_epoch_length():
-  """``<preset>@epochs`` passes the task's batches per epoch to the preset:
-  it is the preset on a task drawn with replacement and reads ρ once per
-  epoch (so trains differently) on the same task in shuffled epochs."""
+  """``<preset>@epochs`` passes the task's batches per epoch to the preset
+  (``None``, the preset's default, on a task drawn with replacement), and
+  on a task in shuffled epochs it trains differently from the preset."""
   kw = dict(n_train=256, batch_size=32, steps=50, eval_every=25)
   epochs = T.get("regression", sampling="epochs", **kw)
   drawn = T.get("regression", **kw)
   assert (epochs.batches_per_epoch, drawn.batches_per_epoch) == (8, None)
-  assert O.get("ae_adam@epochs").per_epoch
-  assert not O.get("ae_adam@epochs").for_task(drawn).per_epoch
-  loss = {(task.name, m): R.run(task, m, [1]).loss
-          for task in (epochs, drawn) for m in ("ae_adam", "ae_adam@epochs")}
-  np.testing.assert_array_equal(loss[drawn.name, "ae_adam"],
-                                loss[drawn.name, "ae_adam@epochs"])
-  assert not np.allclose(loss[epochs.name, "ae_adam"],
-                         loss[epochs.name, "ae_adam@epochs"])
+  spec = O.get("ae_adam@epochs")
+  assert spec.per_epoch and not O.get("ae_adam").per_epoch
+  for task, b in ((epochs, 8), (drawn, None)):
+    told = spec.for_task(task)
+    assert not told.per_epoch and told.factory.keywords == {
+        "batches_per_epoch": b}
+  assert O.get("adamw").for_task(epochs) is O.get("adamw")
+  loss = {m: R.run(epochs, m, [1]).loss for m in ("ae_adam", "ae_adam@epochs")}
+  assert not np.allclose(loss["ae_adam"], loss["ae_adam@epochs"])
