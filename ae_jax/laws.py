@@ -1053,7 +1053,11 @@ def _epoch_read(state: HypergradientState, overshoot, batches_per_epoch):
   an overshoot); while α climbs (the last h > 0) every batch is read, as
   the bias can only slow the climb: reading the first batches alone
   slowed the climb from the warm start ~8-fold and cost the digits CNN its
-  training loss within 600 steps (``docs/laws.md``)."""
+  training loss within 600 steps (``docs/laws.md``). The share: 1/16 and
+  1/32 did better for ``ae_adam`` on one task (64 batches per epoch), but
+  over the sweep in shuffled epochs 1/16 took ``ae_adam``'s geo-mean ratio
+  from 1.28 to 1.24 and ``ae_sgdm``'s from 1.31 to 1.39
+  (``benchmarks/RESULTS.md``, "Shuffled epochs")."""
   position = state.count % batches_per_epoch
   first = position < -(-batches_per_epoch // EPOCH_READ_SHARE)
   return first | overshoot | (state.last > 0)
