@@ -263,7 +263,8 @@ def canonical_laws(names: Sequence[str], *, step_size: str = LEARNING_RATE,
       ``horizon``; the optimizer must measure it: ``ae.adapt``'s
       ``horizon``). ``ae_sgdm`` turns it on.
     batches_per_epoch: the batches come in shuffled epochs of this many:
-      the step-size law reads ρ on each epoch's first batch only
+      the step-size law cuts α only on an epoch's first batches or an
+      overshoot, and reads every batch while α climbs
       (:func:`ae_jax.laws.hypergradient`); ``None``: batches drawn
       independently.
     gains: a :class:`LawGains` (every gain, may be traced: AE-9), or
@@ -602,10 +603,11 @@ def ae_sgdm(learning_rate: optax.ScalarOrSchedule = 1e-1,
       buffer). ``None``: the one-step ρ throughout.
     batches_per_epoch: B when the batches come in shuffled epochs of B
       (each example once per epoch; count from the first ``update``): the
-      step-size law reads ρ on each epoch's first batch only. Within an
-      epoch the batches are anticorrelated, and read every step ρ sent α
-      to Ω's floor (:func:`ae_jax.laws.hypergradient`). ``None``: batches
-      drawn independently.
+      step-size law cuts α only on an epoch's first batches or an
+      overshoot, and reads every batch while α climbs. Within an epoch the
+      batches are anticorrelated, and read every step ρ sent α to Ω's floor
+      (:func:`ae_jax.laws.hypergradient`). ``None``: batches drawn
+      independently.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``value=``

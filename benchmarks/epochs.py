@@ -10,9 +10,9 @@ each method on the same tasks under both samplers (same initialisation, same
 data, the same number of steps) and prints the final metric, the training
 loss over the last 100 steps and, for the AE presets, α at the end. The
 ``<preset>@epochs`` methods are the preset told the epoch length
-(``batches_per_epoch``): the step-size law then reads ρ on each epoch's
-first batch only. Drawn with replacement they are the preset, so only their
-epochs row is run.
+(``batches_per_epoch``): the step-size law then cuts α only on an epoch's
+first batches (or an overshoot) and reads every batch while α climbs. Drawn
+with replacement they are the preset, so only their epochs row is run.
 
   JAX_PLATFORMS=cpu python -m benchmarks.epochs [--seeds 3]
 """
