@@ -935,10 +935,10 @@ def hypergradient(coefficient: str = "learning_rate", *,
                  shrink=shrink, min_gain=min_gain,
                  reversal_weight=reversal_weight,
                  progress_weight=progress_weight)
-  progress_reset, overshoot_steps = _checked_hypergradient_options(
-      progress_gate, progress_decays, progress_reset, horizon,
-      overshoot_steps, alternation)
-  batches_per_epoch = _checked_epoch(batches_per_epoch)
+  progress_reset, overshoot_steps, batches_per_epoch = (
+      _checked_hypergradient_options(progress_gate, progress_decays,
+                                     progress_reset, horizon, overshoot_steps,
+                                     alternation, batches_per_epoch))
 
   def init_fn(params):
     _check_names("hypergradient", [coefficient], params)
@@ -1014,10 +1014,10 @@ def hypergradient(coefficient: str = "learning_rate", *,
 
 def _checked_hypergradient_options(progress_gate, progress_decays,
                                    progress_reset, horizon, overshoot_steps,
-                                   alternation):
-  """Validates :func:`hypergradient`'s gate, horizon, overshoot and
-  alternation options at construction; returns the checked
-  ``(progress_reset, overshoot_steps)``."""
+                                   alternation, batches_per_epoch):
+  """Validates :func:`hypergradient`'s gate, horizon, overshoot,
+  alternation and epoch options at construction; returns the checked
+  ``(progress_reset, overshoot_steps, batches_per_epoch)``."""
   progress_reset = _checked_reset(progress_reset)
   if progress_gate is not None:
     _check_progress_gate(progress_gate, progress_decays)
@@ -1025,15 +1025,24 @@ def _checked_hypergradient_options(progress_gate, progress_decays,
     raise ValueError("ae_jax.laws.hypergradient: horizon=True reads the "
                      "long-horizon ρ while the loss falls and needs a "
                      "progress_gate to say when; got progress_gate=None")
-  if (isinstance(overshoot_steps, bool)
-      or not isinstance(overshoot_steps, (int, np.integer))
-      or overshoot_steps < 1):
-    raise ValueError(f"ae_jax.laws.hypergradient: overshoot_steps must be an "
-                     f"integer >= 1, got {overshoot_steps!r}")
+  overshoot_steps = _checked_count("overshoot_steps", overshoot_steps)
   if alternation is not None and not 0.0 < float(alternation) <= 1.0:
     raise ValueError(f"ae_jax.laws.hypergradient: alternation must be in "
                      f"(0, 1] or None, got {alternation!r}")
-  return progress_reset, int(overshoot_steps)
+  if batches_per_epoch is not None:
+    batches_per_epoch = _checked_count("batches_per_epoch", batches_per_epoch,
+                                       " or None")
+  return progress_reset, overshoot_steps, batches_per_epoch
+
+
+def _checked_count(field: str, value, also: str = "") -> int:
+  """``value`` as an int >= 1 (bools, floats and strings refused); the
+  error names ``field`` and what else it accepts (``also``)."""
+  if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+      or value < 1):
+    raise ValueError(f"ae_jax.laws.hypergradient: {field} must be an "
+                     f"integer >= 1{also}, got {value!r}")
+  return int(value)
 
 
 # With shuffled epochs ρ is read, and α moves, on the first
@@ -1061,18 +1070,6 @@ def _epoch_read(state: HypergradientState, overshoot, batches_per_epoch):
   position = state.count % batches_per_epoch
   first = position < -(-batches_per_epoch // EPOCH_READ_SHARE)
   return first | overshoot | (state.last > 0)
-
-
-def _checked_epoch(batches_per_epoch) -> int | None:
-  """``batches_per_epoch`` as an int >= 1, or None."""
-  if batches_per_epoch is None:
-    return None
-  if (isinstance(batches_per_epoch, bool)
-      or not isinstance(batches_per_epoch, (int, np.integer))
-      or batches_per_epoch < 1):
-    raise ValueError(f"ae_jax.laws.hypergradient: batches_per_epoch must be "
-                     f"an integer >= 1 or None, got {batches_per_epoch!r}")
-  return int(batches_per_epoch)
 
 
 def _rho_square(state: HypergradientState, square_decay):

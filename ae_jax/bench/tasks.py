@@ -157,7 +157,7 @@ def _sample(key, step, n, batch_size, sampling="replacement"):
   if sampling == "replacement":
     return jax.random.randint(jax.random.fold_in(key, step), (batch_size,), 0,
                               n)
-  per_epoch = n // batch_size
+  per_epoch = _per_epoch(n, batch_size, sampling)
   if per_epoch < 1:
     raise ValueError(f"sampling='epochs' needs batch_size <= n, got "
                      f"{batch_size} > {n}")
